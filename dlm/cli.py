@@ -1,0 +1,79 @@
+"""Command-line plumbing shared by `train.py`, `sample.py` and `python -m dlm.data`.
+
+Configs are ml_collections files (`--config=configs/x.py`, overrides `--config.a.b=v`) as in
+md4 and big_vision. A mistake on the command line (unknown key, bad value, missing file) ends in
+one `error: ...` line and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from absl import flags, logging
+from ml_collections import config_flags
+
+from dlm import config as config_lib
+from dlm.errors import DlmError, exit_on_user_error
+
+FLAGS = flags.FLAGS
+
+
+def define_config_flag() -> None:
+  config_flags.DEFINE_config_file(
+      "config", None, "Experiment config file (configs/*.py).", lock_config=True
+  )
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _describe(e: Exception, argv: list[str]) -> str:
+  text = str(e).strip()
+  if isinstance(e, (KeyError, AttributeError)):
+    key = str(e.args[0]).strip("'\"") if e.args else ""
+    for arg in argv:
+      if arg.startswith("--config.") and "=" in arg:
+        path = arg[len("--config."):].split("=", 1)[0]
+        if path.split(".")[-1] == key or key in path.split("."):
+          return f"unknown config key {path!r} (from {arg})"
+    return f"unknown config key {key!r}"
+  if isinstance(e, OSError) and "Failed loading config file" in text:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"cannot load the config file: {lines[-1]}"
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that reports a bad flag or config as one line; quiet absl logging."""
+  logging.set_verbosity(logging.WARNING)
+  try:
+    rest = FLAGS(argv)
+    if "config" in FLAGS and FLAGS["config"].present:
+      config_lib.validate(FLAGS.config)  # also surfaces a config file that failed to load
+  except DlmError as e:
+    _fail(str(e))
+  except (flags.Error, KeyError, AttributeError, ValueError, TypeError, OSError) as e:
+    _fail(_describe(e, argv))
+  return rest
+
+
+def config():
+  if FLAGS.config is None:
+    raise DlmError("--config is required (for example --config=configs/quickstart.py)")
+  return FLAGS.config
+
+
+@contextlib.contextmanager
+def user_errors():
+  with exit_on_user_error():
+    yield
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+  """Keeps library chatter (TFDS prints) off stdout, which carries the JSON results."""
+  with contextlib.redirect_stdout(sys.stderr):
+    yield

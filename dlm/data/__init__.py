@@ -1,0 +1,1 @@
+"""Data: corpora as TFDS datasets, tokenizers, and the grain input pipeline."""

@@ -1,0 +1,162 @@
+"""User text files and JSONL files as a TFDS dataset (prepared as array_record like any other).
+
+`text:GLOB` reads one document per file (or per non-empty line, `data.document_per="line"`);
+`jsonl:GLOB` reads one document per line, each a JSON object whose string fields become
+features (`text`, or `prompt`/`response` pairs for instruction data). A `{split}` in the glob
+names the split's files (`text:/data/{split}/*.txt`); otherwise documents are split into
+train/validation by a hash of their key (file path, or path:line).
+
+The builder's config name is a fingerprint of the glob, the options and the files' sizes and
+modification times, so edited or added files are prepared anew.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob as globlib
+import hashlib
+import json
+import os
+
+import tensorflow_datasets as tfds
+
+from dlm.data.stdlib_builder import split_of
+from dlm.errors import DlmError
+
+SPLITS = ("train", "validation")
+
+
+@dataclasses.dataclass(eq=False)
+class LocalFilesConfig(tfds.core.BuilderConfig):
+  kind: str = "text"  # "text" | "jsonl"
+  pattern: str = ""
+  document_per: str = "file"  # text only: "file" | "line"
+  validation_fraction: float = 0.05
+  files: dict = dataclasses.field(default_factory=dict)  # split ('*' = all) -> sorted paths
+  fields: tuple = ("text",)
+
+
+def _expand(pattern: str) -> dict[str, list[str]]:
+  if "{split}" in pattern:
+    return {s: sorted(globlib.glob(pattern.format(split=s), recursive=True)) for s in SPLITS}
+  return {"*": sorted(globlib.glob(pattern, recursive=True))}
+
+
+def _jsonl_records(path: str):
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DlmError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+      if not isinstance(record, dict):
+        raise DlmError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+      yield lineno, record
+
+
+def make_config(kind: str, pattern: str, document_per: str, validation_fraction: float):
+  """Builds the config for a glob, checking that it matches files; raises DlmError if not."""
+  if kind not in ("text", "jsonl"):
+    raise DlmError(f"unknown local file kind {kind!r}; expected 'text' or 'jsonl'")
+  if document_per not in ("file", "line"):
+    raise DlmError(f"data.document_per must be 'file' or 'line', got {document_per!r}")
+  files = _expand(pattern)
+  files = {s: [p for p in paths if os.path.isfile(p)] for s, paths in files.items()}
+  if not any(files.values()):
+    raise DlmError(f"no files match {kind}:{pattern}")
+  for split, paths in files.items():
+    if split != "*" and not paths:
+      raise DlmError(f"no files match {kind}:{pattern} for split {split!r}")
+  fields: tuple = ("text",)
+  if kind == "jsonl":
+    first = next(
+        (r for paths in files.values() for p in paths for _, r in _jsonl_records(p)), None
+    )
+    if first is None:
+      raise DlmError(f"empty dataset: the files matching jsonl:{pattern} hold no records")
+    fields = tuple(sorted(k for k, v in first.items() if isinstance(v, str)))
+    if not fields:
+      raise DlmError(f"jsonl:{pattern}: the first record has no string field")
+  digest = hashlib.sha256()
+  digest.update(repr((kind, pattern, document_per, validation_fraction, fields)).encode())
+  for paths in files.values():
+    for p in paths:
+      st = os.stat(p)
+      digest.update(f"{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+  return LocalFilesConfig(
+      name=f"{kind}_{digest.hexdigest()[:16]}",
+      description=f"{kind}:{pattern}",
+      kind=kind,
+      pattern=pattern,
+      document_per=document_per,
+      validation_fraction=validation_fraction,
+      files=files,
+      fields=fields,
+  )
+
+
+class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Documents from local text or JSONL files."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg = self.builder_config
+    features = {f: tfds.features.Text() for f in cfg.fields}
+    features["path"] = tfds.features.Text()
+    return self.dataset_info_from_configs(
+        description=cfg.description, features=tfds.features.FeaturesDict(features)
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {s: self._generate_examples(s) for s in self._nonempty_splits()}
+
+  def _keys(self, paths):
+    cfg = self.builder_config
+    for path in paths:
+      if cfg.kind == "text" and cfg.document_per == "file":
+        yield path
+        continue
+      with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+          if line.strip():
+            yield f"{path}:{lineno}"
+
+  def _nonempty_splits(self) -> list[str]:
+    """TFDS cannot write an empty split: a hash split of few documents may leave one empty."""
+    cfg = self.builder_config
+    if "*" not in cfg.files:
+      return list(SPLITS)
+    found = {split_of(k, cfg.validation_fraction) for k in self._keys(cfg.files["*"])}
+    return [s for s in SPLITS if s in found]
+
+  def _documents(self, paths):
+    cfg = self.builder_config
+    for path in paths:
+      if cfg.kind == "jsonl":
+        for lineno, record in _jsonl_records(path):
+          missing = [f for f in cfg.fields if not isinstance(record.get(f), str)]
+          if missing:
+            raise DlmError(f"{path}:{lineno}: record lacks string field(s) {missing}")
+          yield f"{path}:{lineno}", {**{f: record[f] for f in cfg.fields}}
+      elif cfg.document_per == "line":
+        with open(path, encoding="utf-8") as f:
+          for lineno, line in enumerate(f, 1):
+            if line.strip():
+              yield f"{path}:{lineno}", {"text": line.rstrip("\n")}
+      else:
+        with open(path, encoding="utf-8") as f:
+          yield path, {"text": f.read()}
+
+  def _generate_examples(self, split: str):
+    cfg = self.builder_config
+    if "*" in cfg.files:
+      for key, features in self._documents(cfg.files["*"]):
+        if split_of(key, cfg.validation_fraction) == split:
+          yield key, {**features, "path": key}
+    else:
+      for key, features in self._documents(cfg.files[split]):
+        yield key, {**features, "path": key}

@@ -1,0 +1,124 @@
+"""From one config line to random-access documents.
+
+`data.dataset` selects the source:
+
+* `tfds:NAME` any TFDS dataset by name (`lm1b`, `wiki40b/en`, `c4/en:3.1.0`, and the embedded
+  `python_stdlib/docs` / `python_stdlib/code`), prepared as array_record;
+* `text:GLOB` local text files (`data.document_per` = `file` | `line`);
+* `jsonl:GLOB` local JSON-lines files.
+
+Every source ends as a TFDS builder prepared as array_record and read with its data source: no
+TensorFlow at run time, and one reading path for all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import tensorflow_datasets as tfds
+
+from dlm.data import local_builder
+from dlm.data import stdlib_builder  # noqa: F401  (registers python_stdlib with TFDS)
+from dlm.errors import DlmError
+
+
+def data_dir(cfg) -> str:
+  """Where prepared datasets live: `data.data_dir`, else TFDS's default (TFDS_DATA_DIR)."""
+  return os.path.expanduser(cfg.data_dir) if cfg.data_dir else tfds.core.constants.DATA_DIR
+
+
+def builder(cfg) -> tfds.core.DatasetBuilder:
+  """The TFDS builder for `cfg.dataset` (a `data` config), or a DlmError naming the problem."""
+  spec = cfg.dataset
+  scheme, sep, rest = spec.partition(":")
+  if not sep or not rest:
+    raise DlmError(
+        f"data.dataset={spec!r} is not of the form tfds:NAME, text:GLOB or jsonl:GLOB"
+    )
+  if scheme == "tfds":
+    try:
+      return tfds.builder(rest, data_dir=data_dir(cfg), file_format="array_record")
+    except tfds.core.registered.DatasetNotFoundError:
+      raise DlmError(f"unknown dataset {spec!r}: TFDS has no dataset named {rest!r}") from None
+    except ValueError as e:  # unknown config or version of a known dataset
+      raise DlmError(f"unknown dataset {spec!r}: {str(e).splitlines()[0]}") from None
+  if scheme in ("text", "jsonl"):
+    config = local_builder.make_config(
+        scheme, rest, cfg.document_per, cfg.validation_fraction
+    )
+    return local_builder.LocalFiles(
+        config=config, data_dir=data_dir(cfg), file_format="array_record"
+    )
+  raise DlmError(f"unknown dataset source {scheme!r} in data.dataset={spec!r}; "
+                 "expected tfds:NAME, text:GLOB or jsonl:GLOB")
+
+
+def prepare(b: tfds.core.DatasetBuilder) -> None:
+  """Prepares the builder's array_record files once (process 0 first on multi-host runs)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    if jax.process_index() == 0 and not b.is_prepared():
+      b.download_and_prepare(file_format="array_record")
+    multihost_utils.sync_global_devices(f"dlm-prepare-{b.info.full_name}")
+  elif not b.is_prepared():
+    try:
+      b.download_and_prepare(file_format="array_record")
+    except DlmError:
+      raise
+    except Exception as e:  # a catalog dataset that needs manual download, network, ...
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise DlmError(f"could not prepare dataset {b.info.full_name}: {first}") from e
+
+
+@dataclasses.dataclass
+class Documents(Sequence[str]):
+  """The texts of one split, random access (a thin view over a TFDS array_record source)."""
+
+  source: Any
+  feature: str
+  name: str
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"document {index} of {len(self)}")
+    return self.source[index % len(self)][self.feature].decode("utf-8")
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+  def record(self, index: int) -> dict[str, str]:
+    """All text features of one document (e.g. `text` and `path`, or `prompt`/`response`)."""
+    return {k: v.decode("utf-8") if isinstance(v, bytes) else v
+            for k, v in self.source[index].items()}
+
+
+def open_split(cfg, split: str, *, feature: str | None = None) -> Documents:
+  """Prepares the dataset if needed and returns one split's documents."""
+  b = builder(cfg)
+  prepare(b)
+  feature = feature or cfg.text_feature
+  features = b.info.features
+  if feature not in features:
+    raise DlmError(
+        f"dataset {cfg.dataset!r} has no feature {feature!r} (features: {sorted(features)}); "
+        "set data.text_feature"
+    )
+  base = split.split("[")[0]
+  if base not in b.info.splits:
+    raise DlmError(
+        f"dataset {cfg.dataset!r} has no split {base!r} (splits: {sorted(b.info.splits)})"
+    )
+  source = b.as_data_source(split=split)
+  if len(source) == 0:
+    raise DlmError(f"empty dataset: split {split!r} of {cfg.dataset!r} holds no documents")
+  return Documents(source, feature, f"{b.info.full_name}:{split}")

