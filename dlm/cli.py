@@ -47,8 +47,8 @@ def _describe(e: Exception, argv: list[str]) -> str:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing that reports a bad flag or config as one line; quiet absl logging."""
-  logging.set_verbosity(logging.WARNING)
+  """absl flag parsing that reports a bad flag or config as one line; quiet library logging."""
+  logging.set_verbosity(logging.ERROR)  # library chatter (Orbax, TFDS) stays off the console
   try:
     rest = FLAGS(argv)
     if "config" in FLAGS and FLAGS["config"].present:

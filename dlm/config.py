@@ -52,8 +52,58 @@ def base_config() -> ConfigDict:
       ),
   ))
 
+  # Model: the family and its backbone (dlm/models/transformer.py).
+  config.model = ConfigDict(dict(
+      family="masked",  # 'masked' | 'autoregressive' (see dlm.models.FAMILIES)
+      width=256,
+      depth=6,
+      heads=4,
+      mlp_ratio=4.0,  # SwiGLU hidden width = mlp_ratio * width
+      time_conditioning="adaln_zero",  # 'adaln_zero' | 'none' (MD4: masked models need no time)
+      cond_width=128,  # width of the time embedding feeding adaLN
+      attention="bidirectional",  # 'bidirectional' | 'causal' | 'block_causal'
+      block_size=0,  # block_causal only
+      rope_theta=10_000.0,
+      head_init_std=0.0,  # output projection init std; 0 = zeros (DiT / MDLM final layer)
+      tie_embeddings=False,  # output projection = input embedding table, transposed
+      dropout=0.0,
+      dtype="float32",  # matmul compute dtype: 'float32' | 'bfloat16' (params stay float32)
+      remat="none",  # rematerialisation: 'none' | 'full' | 'dots' | 'dots_all'
+      scan_layers=False,  # nnx.scan over layers: one compiled layer, faster compiles
+      attention_impl="xla",  # 'xla' | 'cudnn' (GPU flash attention) | 'auto'
+  ))
+
+  # Masked diffusion process (dlm/processes/masked.py).
+  config.diffusion = ConfigDict(dict(
+      schedule="linear",  # 'linear' | 'cosine' | 'polynomial' | 'loglinear'
+      power=2.0,  # polynomial only
+      eps=1e-4,  # keeps 0 < alpha < 1 (md4); loglinear: alpha(1) = eps (MDLM)
+      timesteps=0,  # 0: continuous-time NELBO; T > 0: discrete-time NELBO with T steps
+      antithetic=True,  # low-discrepancy time sampling over the batch
+  ))
+
+  # Training (train.py, dlm/train/).
   config.train = ConfigDict(dict(
+      steps=10_000,
       batch_size=32,  # global, over all processes
+      lr=3e-4,  # peak learning rate of AdamW
+      warmup_steps=500,
+      lr_schedule="cosine",  # 'cosine' (decay to min_lr_ratio * lr at `steps`) | 'constant'
+      min_lr_ratio=0.1,
+      b1=0.9,
+      b2=0.999,
+      weight_decay=0.0,  # decoupled, on matrices only
+      grad_clip=1.0,  # global norm; 0 = off
+      grad_accum=1,  # micro-batches per step (same update as the full batch)
+      ema_decay=0.9999,  # warmed up: min(ema_decay, (1 + step) / (10 + step))
+      seed=0,
+      log_every=50,
+      eval_every=1000,
+      eval_batches=0,  # 0 = the whole evaluation split
+      checkpoint_every=1000,
+      keep_checkpoints=3,
+      async_checkpoint=True,
+      progress=True,  # progress bar on stderr
   ))
   return config
 
@@ -71,8 +121,39 @@ def validate(config: ConfigDict) -> ConfigDict:
     raise DlmError(f"data.document_per must be 'file' or 'line', got {d.document_per!r}")
   if not 0.0 <= d.validation_fraction < 1.0:
     raise DlmError(f"data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
-  if config.train.batch_size <= 0:
-    raise DlmError(f"train.batch_size must be positive, got {config.train.batch_size}")
+  t = config.train
+  if t.batch_size <= 0:
+    raise DlmError(f"train.batch_size must be positive, got {t.batch_size}")
+  if t.lr_schedule not in ("cosine", "constant"):
+    raise DlmError(f"train.lr_schedule must be 'cosine' or 'constant', got {t.lr_schedule!r}")
+  if t.grad_accum <= 0 or t.batch_size % t.grad_accum:
+    raise DlmError(f"train.grad_accum={t.grad_accum} must divide train.batch_size={t.batch_size}")
+  for key in ("steps", "log_every", "eval_every", "checkpoint_every"):
+    if t[key] <= 0:
+      raise DlmError(f"train.{key} must be positive, got {t[key]}")
+  m = config.model
+  from dlm.models import FAMILIES  # pylint: disable=g-import-not-at-top
+  from dlm.models.transformer import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
+  from dlm.processes.schedules import KINDS  # pylint: disable=g-import-not-at-top
+
+  if m.family not in FAMILIES:
+    raise DlmError(f"unknown model.family {m.family!r}; expected one of {FAMILIES}")
+  if m.width % m.heads or (m.width // m.heads) % 2:
+    raise DlmError(f"model.width={m.width} must split into model.heads={m.heads} heads of even size")
+  if m.remat not in REMAT_POLICIES:
+    raise DlmError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {m.remat!r}")
+  if m.attention not in ("bidirectional", "causal", "block_causal"):
+    raise DlmError(f"unknown model.attention {m.attention!r}")
+  if m.attention == "block_causal" and m.block_size <= 0:
+    raise DlmError("model.attention='block_causal' needs model.block_size > 0")
+  if m.time_conditioning not in ("adaln_zero", "none"):
+    raise DlmError(f"model.time_conditioning must be 'adaln_zero' or 'none', got "
+                   f"{m.time_conditioning!r}")
+  if m.dtype not in ("float32", "bfloat16"):
+    raise DlmError(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+  if config.diffusion.schedule not in KINDS:
+    raise DlmError(f"unknown diffusion.schedule {config.diffusion.schedule!r}; "
+                   f"expected one of {KINDS}")
   return config
 
 

@@ -49,9 +49,17 @@ def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None)
   )
 
 
+def normalize_rules(rules) -> tuple:
+  """Rules as nested tuples (a config restored from JSON holds lists): hashable, as flax wants."""
+  def freeze(x):
+    return tuple(freeze(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+  return freeze(rules)
+
+
 def logical_spec(names: Sequence[str | None], rules) -> PartitionSpec:
   """PartitionSpec for an array whose dimensions carry the given logical names."""
-  return nn.logical_to_mesh_axes(tuple(names), rules=tuple(tuple(r) for r in rules))
+  return nn.logical_to_mesh_axes(tuple(names), rules=normalize_rules(rules))
 
 
 def named_sharding(mesh: Mesh, names: Sequence[str | None], rules) -> NamedSharding:

@@ -316,4 +316,4 @@ def test_inspection_command_prints_one_json_line(quickstart):
   assert info["dataset"] == "python_stdlib/docs/1.0.0"
   assert info["splits"]["train"]["tokens"] > 1_000_000
   assert info["splits"]["validation"]["roundtrip_exact"] is True
-  assert info["vocab_size"] == 8192
+  assert info["vocab_size"] == quickstart.data.tokenizer.vocab_size

@@ -186,6 +186,13 @@ class BatchIterator:
   def set_state(self, state: dict[str, Any]) -> None:
     self._it.set_state(state)
 
+  def close(self) -> None:
+    """Stops background prefetching (call before exit)."""
+    close = getattr(self._it, "close", None)
+    if close is not None:
+      close()
+    self._it = None  # collected now, not during interpreter shutdown
+
   @property
   def grain_iterator(self):
     return self._it

@@ -1,0 +1,47 @@
+"""Model families on the shared backbone, built from `config.model.family`."""
+
+from __future__ import annotations
+
+from flax import nnx
+
+from dlm import sharding
+from dlm.errors import DlmError
+from dlm.models.transformer import TransformerConfig
+
+FAMILIES = ("masked", "autoregressive")
+
+
+def transformer_config(config, vocab_size: int, **overrides) -> TransformerConfig:
+  m = config.model
+  fields = dict(
+      vocab_size=vocab_size, width=m.width, depth=m.depth, heads=m.heads,
+      mlp_ratio=m.mlp_ratio, time_conditioning=m.time_conditioning, cond_width=m.cond_width,
+      attention=m.attention, block_size=m.block_size, rope_theta=m.rope_theta,
+      dropout=m.dropout, dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
+      attention_impl=m.attention_impl, head_init_std=m.head_init_std,
+      tie_embeddings=m.tie_embeddings, rules=sharding.normalize_rules(config.mesh.rules),
+  )
+  fields.update(overrides)
+  return TransformerConfig(**fields)
+
+
+def build(config, tokenizer, rngs: nnx.Rngs) -> nnx.Module:
+  """The model of `config.model.family` for this tokenizer's vocabulary."""
+  family = config.model.family
+  if family == "masked":
+    from dlm.models.masked import MaskedDiffusion  # pylint: disable=g-import-not-at-top
+    from dlm.processes.masked import MaskedProcess  # pylint: disable=g-import-not-at-top
+    from dlm.processes.schedules import MaskingSchedule  # pylint: disable=g-import-not-at-top
+
+    d = config.diffusion
+    process = MaskedProcess(
+        schedule=MaskingSchedule(d.schedule, d.power, d.eps),
+        mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
+        timesteps=d.timesteps, antithetic=d.antithetic,
+    )
+    return MaskedDiffusion(transformer_config(config, tokenizer.vocab_size), process, rngs)
+  if family == "autoregressive":
+    from dlm.models.autoregressive import AutoRegressive  # pylint: disable=g-import-not-at-top
+
+    return AutoRegressive(transformer_config(config, tokenizer.vocab_size), rngs)
+  raise DlmError(f"unknown model.family {family!r}; expected one of {FAMILIES}")

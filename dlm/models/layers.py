@@ -1,0 +1,90 @@
+"""Building blocks of the shared backbone, each parameter tagged with logical axis names.
+
+Logical names (mapped to mesh axes by the ordered rules in `mesh.rules`):
+  parameters:  vocab, embed, heads, kv, mlp, cond, layers (stacked, scanned layers)
+  activations: batch, length, embed, heads, kv, mlp, vocab
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm import sharding
+
+
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
+  """A float32 parameter carrying its logical axis names (sharded later by our rules)."""
+  assert len(shape) == len(names), (shape, names)
+  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32),
+                   out_sharding=tuple(names), eager_sharding=False)
+
+
+def constrain(x: jax.Array, names: Sequence[str | None], rules) -> jax.Array:
+  """Activation sharding constraint by logical names; a no-op outside a mesh context."""
+  if jax.sharding.get_abstract_mesh().empty:
+    return x
+  return jax.lax.with_sharding_constraint(x, sharding.logical_spec(names, rules))
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm (Zhang and Sennrich 2019), computed in float32."""
+
+  def __init__(self, width: int, rngs: nnx.Rngs, eps: float = 1e-6):
+    self.scale = param(rngs, nnx.initializers.ones, (width,), ("norm",))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...]).astype(x.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) on (batch, length, heads, head_dim)."""
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = positions.astype(jnp.float32)[..., None] * freqs  # (batch, length, half)
+  cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features of a per-token time t in [0, 1] (DiT), shape (..., dim)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  angles = 1000.0 * t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+def attention_mask(segment_ids: jax.Array, kind: str, block_size: int = 0) -> jax.Array:
+  """Boolean mask (batch, 1, length, length): True where query i may attend to key j.
+
+  Tokens attend only within their segment (segment 0, padding, attends to padding); then
+  `bidirectional` allows all such pairs, `causal` only j <= i, and `block_causal` only keys
+  in the same or an earlier block of `block_size` positions (semi-autoregressive blocks).
+  """
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  length = segment_ids.shape[1]
+  idx = jnp.arange(length)
+  if kind == "causal":
+    same &= idx[:, None] >= idx[None, :]
+  elif kind == "block_causal":
+    block = idx // block_size
+    same &= block[:, None] >= block[None, :]
+  elif kind != "bidirectional":
+    raise ValueError(f"unknown attention kind {kind!r}")
+  return same[:, None, :, :]
+
+
+def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+  if rate <= 0.0 or rng is None:
+    return x
+  keep = jax.random.bernoulli(rng, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)

@@ -1,0 +1,48 @@
+"""Masked diffusion family (MDLM, Sahoo et al. 2024; MD4, Shi et al. 2024): the backbone as the
+denoiser of `dlm.processes.masked.MaskedProcess`."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm.models.transformer import Transformer, TransformerConfig
+from dlm.processes.masked import MaskedProcess
+
+
+class MaskedDiffusion(nnx.Module):
+  """`loss` gives the NELBO; samplers use `log_probs` (zero-masking and carry-over)."""
+
+  def __init__(self, net_cfg: TransformerConfig, process: MaskedProcess, rngs: nnx.Rngs):
+    self.net = Transformer(net_cfg, rngs)
+    self.process = process
+
+  def logits(self, z, t, segment_ids=None, positions=None, *, rng=None):
+    """Raw network logits at noisy tokens z with per-token time t (batch, length)."""
+    t_in = t if self.net.cfg.conditioned else None
+    return self.net(z, t_in, segment_ids, positions, rng=rng)
+
+  def log_probs(self, z, t, segment_ids=None, positions=None):
+    """log p(x_0 | z_t) over the vocabulary (never [MASK]; unmasked tokens carried over)."""
+    return self.process.log_probs(self.logits(z, t, segment_ids, positions), z)
+
+  def corrupt(self, batch, rng):
+    """Forward process on a batch: one time per sequence, tokens masked with prob 1 - alpha."""
+    x = batch["tokens"]
+    maskable = batch["segment_ids"] > 0  # padding is never noised nor scored
+    rng_t, rng_mask = jax.random.split(rng)
+    t = self.process.sample_time(rng_t, x.shape[0])
+    t = jnp.broadcast_to(t[:, None], x.shape)
+    z = self.process.forward_sample(rng_mask, x, t, maskable)
+    return {**batch, "z": z, "t": t, "maskable": maskable}
+
+  def loss(self, noisy, *, rng=None, train: bool = True):
+    """Sum over the batch of the per-token NELBO (nats), and metrics as sums."""
+    x, z, t, maskable = noisy["tokens"], noisy["z"], noisy["t"], noisy["maskable"]
+    logits = self.logits(z, t, noisy["segment_ids"], noisy["positions"],
+                         rng=rng if train else None)
+    nelbo = self.process.nelbo(self.process.log_prob_of(logits, x), z, t, maskable)
+    total = nelbo.sum()
+    return total, {"nelbo": total, "tokens": maskable.sum(),
+                   "masked": ((z == self.process.mask_id) & maskable).sum()}

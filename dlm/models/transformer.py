@@ -1,0 +1,223 @@
+"""The shared backbone: a pre-norm transformer with RMSNorm, rotary positions and SwiGLU.
+
+Optional adaLN-zero conditioning (DiT, Peebles and Xie 2023) on a per-token time t of shape
+(batch, length); `time_conditioning="none"` drops time (MD4 shows masked models need not see
+it). Attention is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU) with
+bidirectional, causal or block-causal masks kept within segments. Layers can be scanned
+(`nnx.scan`, one compiled layer) and rematerialised by policy; parameters are float32 and
+matmuls run in `dtype` (float32 or bfloat16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dlm.models.layers import (RMSNorm, attention_mask, constrain, dropout, param, rotary,
+                               timestep_features)
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots_all": jax.checkpoint_policies.checkpoint_dots,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  vocab_size: int
+  width: int = 256
+  depth: int = 6
+  heads: int = 4
+  mlp_ratio: float = 4.0
+  time_conditioning: str = "adaln_zero"  # "adaln_zero" | "none"
+  cond_width: int = 128
+  attention: str = "bidirectional"  # "bidirectional" | "causal" | "block_causal"
+  block_size: int = 0  # block_causal only
+  rope_theta: float = 10_000.0
+  head_init_std: float = 0.0  # output projection init; 0 = zeros (DiT / MDLM final layer)
+  tie_embeddings: bool = False  # logits from the input embedding table (transposed)
+  dropout: float = 0.0
+  dtype: str = "float32"  # compute dtype of matmuls: "float32" | "bfloat16"
+  remat: str = "none"  # see REMAT_POLICIES
+  scan_layers: bool = False
+  attention_impl: str = "xla"  # "xla" | "cudnn" (GPU flash attention) | "auto"
+  rules: tuple = ()  # logical-axis rules for activation sharding constraints
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.heads
+
+  @property
+  def mlp_dim(self) -> int:
+    return int(self.mlp_ratio * self.width)
+
+  @property
+  def conditioned(self) -> bool:
+    return self.time_conditioning == "adaln_zero"
+
+
+def _init(std: float):
+  return nnx.initializers.normal(std)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    d, h, k = cfg.width, cfg.heads, cfg.head_dim
+    self.cfg = cfg
+    # q, k and v in one matmul (one read of x, one weight gradient).
+    self.wqkv = param(rngs, _init(d**-0.5), (d, 3, h, k), ("embed", None, "heads", "kv"))
+    out_std = (h * k) ** -0.5 / (2 * cfg.depth) ** 0.5
+    self.wo = param(rngs, _init(out_std), (h, k, d), ("heads", "kv", "embed"))
+
+  def __call__(self, x, mask, positions):
+    cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
+    names = ("batch", "length", "heads", "kv")
+    qkv = jnp.einsum("bld,dthk->blthk", x, self.wqkv[...].astype(dt))
+    q, k, v = (constrain(qkv[:, :, i], names, cfg.rules) for i in range(3))
+    q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+    o = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    return jnp.einsum("blhk,hkd->bld", o, self.wo[...].astype(dt))
+
+
+class SwiGLU(nnx.Module):
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    d, m = cfg.width, cfg.mlp_dim
+    self.cfg = cfg
+    self.w_in = param(rngs, _init(d**-0.5), (d, 2, m), ("embed", None, "mlp"))  # gate, up
+    self.w_down = param(rngs, _init(m**-0.5 / (2 * cfg.depth) ** 0.5), (m, d), ("mlp", "embed"))
+
+  def __call__(self, x):
+    dt = jnp.dtype(self.cfg.dtype)
+    gate_up = jnp.einsum("bld,dtm->bltm", x, self.w_in[...].astype(dt))
+    gate, up = gate_up[:, :, 0], gate_up[:, :, 1]
+    h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), self.cfg.rules)
+    return h @ self.w_down[...].astype(dt)
+
+
+class Block(nnx.Module):
+  """Pre-norm block; with adaLN-zero, shift/scale/gate of both branches come from c."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.norm_attn = RMSNorm(cfg.width, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.norm_mlp = RMSNorm(cfg.width, rngs)
+    self.mlp = SwiGLU(cfg, rngs)
+    if cfg.conditioned:  # zero init: every block starts as the identity (adaLN-zero)
+      self.modulation = param(rngs, nnx.initializers.zeros, (cfg.cond_width, 6, cfg.width),
+                              ("cond", None, "embed"))
+
+  def __call__(self, x, c, mask, positions, rng):
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    if cfg.conditioned:
+      mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.modulation[...].astype(dt))
+      shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (mod[:, :, i] for i in range(6))
+    rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
+    h = self.norm_attn(x)
+    if cfg.conditioned:
+      h = h * (1 + scale_a) + shift_a
+    h = dropout(self.attn(h, mask, positions), cfg.dropout, rngs[0])
+    x = x + (gate_a * h if cfg.conditioned else h)
+    h = self.norm_mlp(x)
+    if cfg.conditioned:
+      h = h * (1 + scale_m) + shift_m
+    h = dropout(self.mlp(h), cfg.dropout, rngs[1])
+    x = x + (gate_m * h if cfg.conditioned else h)
+    return constrain(x, ("batch", "length", "embed"), cfg.rules)
+
+
+class Transformer(nnx.Module):
+  """tokens (batch, length) [+ time (batch, length)] -> logits (batch, length, vocab), float32."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d = cfg.width
+    self.embed = param(rngs, _init(0.02), (cfg.vocab_size, d), ("vocab", "embed"))
+    if cfg.conditioned:
+      self.time_in = param(rngs, _init(0.02), (256, cfg.cond_width), ("freq", "cond"))
+      self.time_hidden = param(rngs, _init(0.02), (cfg.cond_width, cfg.cond_width),
+                               ("cond_in", "cond"))
+      self.final_modulation = param(rngs, nnx.initializers.zeros, (cfg.cond_width, 2, d),
+                                    ("cond", None, "embed"))
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.depth)
+      @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def make_blocks(rngs):
+        return Block(cfg, rngs)
+
+      self.blocks = make_blocks(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.depth)])
+    self.norm_out = RMSNorm(d, rngs)
+    if not cfg.tie_embeddings:
+      head_init = _init(cfg.head_init_std) if cfg.head_init_std else nnx.initializers.zeros
+      self.unembed = param(rngs, head_init, (d, cfg.vocab_size), ("embed", "vocab"))
+    self.unembed_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",))
+
+  def time_embedding(self, t: jax.Array) -> jax.Array:
+    dt = jnp.dtype(self.cfg.dtype)
+    h = timestep_features(t, 256).astype(dt) @ self.time_in[...].astype(dt)
+    return jax.nn.silu(h) @ self.time_hidden[...].astype(dt)
+
+  def __call__(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None,
+               return_hidden: bool = False):
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    chex.assert_rank(tokens, 2)
+    batch, length = tokens.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones_like(tokens)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
+    chex.assert_equal_shape((tokens, segment_ids, positions))
+    # FSDP: gather the table's embed dimension before the lookup (vocab stays split).
+    table = constrain(self.embed[...], ("vocab", None), cfg.rules)
+    x = jnp.take(table, tokens, axis=0).astype(dt)
+    x = constrain(x, ("batch", "length", "embed"), cfg.rules)
+    c = None
+    if cfg.conditioned:
+      if t is None:
+        raise ValueError("this backbone is time-conditioned: pass t of shape (batch, length)")
+      chex.assert_shape(t, (batch, length))
+      c = self.time_embedding(t)
+    mask = attention_mask(segment_ids, cfg.attention, cfg.block_size)
+    layer_rngs = None if rng is None or cfg.dropout <= 0 else jax.random.split(rng, cfg.depth)
+
+    def run_block(block, x, c, mask, positions, rng):
+      return block(x, c, mask, positions, rng)
+
+    policy = REMAT_POLICIES[cfg.remat]
+    if cfg.remat != "none":
+      run_block = nnx.remat(run_block, policy=policy, prevent_cse=not cfg.scan_layers)
+    if cfg.scan_layers:
+      @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, 0 if layer_rngs is not None else None),
+                out_axes=nnx.Carry)
+      def scan_blocks(block, x, c, mask, positions, rng):
+        return run_block(block, x, c, mask, positions, rng)
+
+      x = scan_blocks(self.blocks, x, c, mask, positions, layer_rngs)
+    else:
+      for i, block in enumerate(self.blocks):
+        x = run_block(block, x, c, mask, positions,
+                      None if layer_rngs is None else layer_rngs[i])
+    h = self.norm_out(x)
+    if cfg.conditioned:
+      mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.final_modulation[...].astype(dt))
+      h = h * (1 + mod[:, :, 1]) + mod[:, :, 0]
+    if cfg.tie_embeddings:
+      unembed = self.embed[...].T * (cfg.width**-0.5 / 0.02)  # unit-scale logits at init
+    else:
+      unembed = self.unembed[...]
+    logits = (h @ unembed.astype(dt)).astype(jnp.float32) + self.unembed_bias[...]
+    logits = constrain(logits, ("batch", "length", "vocab"), cfg.rules)
+    return (logits, h) if return_hidden else logits

@@ -1,0 +1,1 @@
+"""Training: state and shardings, optimizer, the jitted step, checkpoints, metrics, the loop."""

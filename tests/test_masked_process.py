@@ -1,0 +1,124 @@
+"""Masked diffusion process: schedules, forward masking, and the NELBO against exact entropy."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm.processes.masked import MaskedProcess
+from dlm.processes.schedules import KINDS, MaskingSchedule
+
+jax.config.update("jax_enable_x64", False)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_alpha_prime_matches_autodiff(kind):
+  s = MaskingSchedule(kind, power=3.0)
+  t = jnp.linspace(0.01, 0.99, 23)
+  np.testing.assert_allclose(s.alpha_prime(t), jax.vmap(jax.grad(s.alpha))(t), rtol=1e-5,
+                             atol=1e-6)
+  alpha = s.alpha(t)
+  assert (jnp.diff(alpha) < 0).all() and (alpha > 0).all() and (alpha <= 1).all()
+  assert (s.weight(t) > 0).all()
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_forward_masking_rate(kind):
+  process = MaskedProcess(MaskingSchedule(kind), mask_id=7, vocab_size=8)
+  x = jnp.zeros((4, 50_000), jnp.int32)
+  t = jnp.array([0.1, 0.4, 0.7, 0.95])[:, None] * jnp.ones_like(x, jnp.float32)
+  maskable = jnp.ones_like(x, bool).at[:, :100].set(False)
+  z = process.forward_sample(jax.random.PRNGKey(0), x, t, maskable)
+  rate = (z[:, 100:] == 7).mean(axis=1)
+  np.testing.assert_allclose(rate, 1 - process.schedule.alpha(t[:, 0]), atol=0.01)
+  assert (z[:, :100] == 0).all()  # time-0 (prompt) tokens are never masked
+
+
+# A toy distribution over length-3 sequences of 3 symbols; [MASK] is id 3.
+VOCAB, LENGTH, MASK = 3, 3, 3
+
+
+def _toy():
+  rng = np.random.default_rng(0)
+  seqs = np.array(list(itertools.product(range(VOCAB), repeat=LENGTH)), np.int32)
+  p = rng.dirichlet(np.full(len(seqs), 0.5))
+  return seqs, p
+
+
+def _exact_conditionals(seqs, p):
+  """table[z code] = log p(x_l = v | unmasked tokens of z), shape (4^3, LENGTH, VOCAB+1)."""
+  table = np.full((4**LENGTH, LENGTH, VOCAB + 1), -np.inf)
+  for code, z in enumerate(itertools.product(range(VOCAB + 1), repeat=LENGTH)):
+    z = np.array(z)
+    ok = np.all((z == MASK) | (seqs == z), axis=1)
+    if p[ok].sum() == 0:
+      continue
+    for l in range(LENGTH):
+      for v in range(VOCAB):
+        with np.errstate(divide="ignore"):
+          table[code, l, v] = np.log(p[ok & (seqs[:, l] == v)].sum() / p[ok].sum())
+  return jnp.asarray(table)
+
+
+def _mc_nelbo(process, log_p_fn, seqs, p, n=1_000_000, seed=0):
+  rng = jax.random.PRNGKey(seed)
+  k_x, k_t, k_z = jax.random.split(rng, 3)
+  x = jnp.asarray(seqs)[jax.random.choice(k_x, len(seqs), (n,), p=jnp.asarray(p))]
+  t = jnp.broadcast_to(process.sample_time(k_t, n)[:, None], x.shape)
+  maskable = jnp.ones_like(x, bool)
+  z = process.forward_sample(k_z, x, t, maskable)
+  log_p_x = log_p_fn(z, x)
+  per_seq = process.nelbo(log_p_x, z, t, maskable).sum(axis=1)
+  return float(per_seq.mean()), float(per_seq.std() / math.sqrt(n))
+
+
+def _exact_log_p(table):
+  codes = 4 ** jnp.arange(LENGTH - 1, -1, -1)
+
+  def fn(z, x):
+    logp = table[(z * codes).sum(axis=1)]  # (n, LENGTH, VOCAB + 1)
+    return jnp.take_along_axis(logp, x[..., None], axis=-1)[..., 0]
+
+  return fn
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "loglinear"])
+def test_continuous_nelbo_is_tight_with_exact_conditionals(kind):
+  seqs, p = _toy()
+  entropy = float(-(p * np.log(p)).sum())
+  process = MaskedProcess(MaskingSchedule(kind), mask_id=MASK, vocab_size=VOCAB + 1)
+  mean, se = _mc_nelbo(process, _exact_log_p(_exact_conditionals(seqs, p)), seqs, p)
+  assert abs(mean - entropy) < 4 * se + 2e-3, (mean, se, entropy)
+
+
+def test_nelbo_is_loose_for_a_wrong_denoiser_and_for_discrete_time():
+  seqs, p = _toy()
+  entropy = float(-(p * np.log(p)).sum())
+  table = _exact_conditionals(seqs, p)
+  uniform = lambda z, x: jnp.full(x.shape, -math.log(VOCAB))  # noqa: E731
+  process = MaskedProcess(MaskingSchedule("linear"), mask_id=MASK, vocab_size=VOCAB + 1)
+  mean, se = _mc_nelbo(process, uniform, seqs, p)
+  assert mean > entropy + 0.2 and abs(mean - LENGTH * math.log(VOCAB)) < 4 * se + 2e-3
+  gaps = []
+  for steps in (2, 8, 64):
+    discrete = MaskedProcess(MaskingSchedule("linear"), mask_id=MASK, vocab_size=VOCAB + 1,
+                             timesteps=steps)
+    mean, se = _mc_nelbo(discrete, _exact_log_p(table), seqs, p)
+    gaps.append(mean - entropy)
+    assert mean > entropy - 4 * se
+  assert gaps[0] > gaps[1] > gaps[2] - 0.01 and gaps[0] > 0.05  # finer steps, tighter bound
+
+
+def test_unmask_probability_and_parameterisation():
+  process = MaskedProcess(MaskingSchedule("linear"), mask_id=3, vocab_size=4)
+  s, t = jnp.array(0.25), jnp.array(0.75)
+  np.testing.assert_allclose(process.unmask_probability(s, t), (0.75 - 0.25) / 0.75, rtol=1e-3)
+  logits = jax.random.normal(jax.random.PRNGKey(0), (1, 2, 4))
+  z = jnp.array([[3, 1]])
+  lp = process.log_probs(logits, z)
+  assert lp[0, 0, 3] == -jnp.inf  # zero-masking: never predicts [MASK]
+  np.testing.assert_allclose(jnp.exp(lp[0, 0]).sum(), 1.0, rtol=1e-6)
+  assert lp[0, 1, 1] == 0.0 and jnp.isneginf(lp[0, 1, [0, 2, 3]]).all()  # carry-over

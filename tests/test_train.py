@@ -1,0 +1,264 @@
+"""Training: sharded step equivalence, exact accumulation, one compile, EMA, checkpoints across
+meshes, resume after SIGKILL and SIGTERM, and bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from dlm import config as config_lib
+from dlm import models, sharding
+from dlm.data import inputs
+from dlm.errors import DlmError
+from dlm.train import checkpoint as ckpt_lib
+from dlm.train import loop
+from dlm.train import optimizer as optim
+from dlm.train import state as state_lib
+from dlm.train import step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = {
+    "model.width": 32, "model.depth": 2, "model.heads": 2, "model.cond_width": 16,
+    "data.seq_len": 32, "train.batch_size": 8, "train.warmup_steps": 2, "train.lr": 1e-3,
+    "train.progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def tiny(quickstart):
+  return config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+                              **{"data.data_dir": quickstart.data.data_dir, **TINY})
+
+
+def _setup(config, tokenizer, mesh):
+  tx, lr = optim.optimizer(config.train)
+  graphdef, state, shardings = state_lib.create(
+      lambda r: models.build(config, tokenizer, r), tx, mesh, config.mesh.rules, 0)
+  bs = sharding.named_sharding(mesh, ("batch", "length"), config.mesh.rules)
+  return graphdef, state, shardings, bs, tx, lr
+
+
+def _local_batches(config, tokenizer, n):
+  it = inputs.train_iterator(config, tokenizer, sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+  out = [it.next_local() for _ in range(n)]
+  it.close()
+  return out
+
+
+def _run_steps(config, tokenizer, mesh, batches):
+  graphdef, state, shardings, bs, tx, lr = _setup(config, tokenizer, mesh)
+  step = step_lib.make_train_step(graphdef, tx, lr, config.train, shardings, bs)
+  losses = []
+  with jax.set_mesh(mesh):
+    for b in batches:
+      state, m = step(state, {k: jax.device_put(v, bs) for k, v in b.items()})
+      losses.append(float(m["loss"]))
+  return state, losses, step
+
+
+def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y),
+                                                       rtol=rtol, atol=atol), a, b)
+
+
+def test_sharded_step_equals_single_device(tiny, tokenizer):
+  assert jax.device_count() == 8
+  batches = _local_batches(tiny, tokenizer, 2)
+  one, losses_one, _ = _run_steps(tiny, tokenizer, sharding.make_mesh((1, 1, 1), jax.devices()[:1]),
+                                  batches)
+  mesh = sharding.make_mesh((2, 2, 2))
+  many, losses_many, _ = _run_steps(tiny, tokenizer, mesh, batches)
+  np.testing.assert_allclose(losses_one, losses_many, rtol=1e-5)
+  _assert_trees_close(one.params, many.params)
+  blocks = many.params["net"]["blocks"][0]
+  assert blocks["attn"]["wqkv"].sharding.spec == P("fsdp", None, "tensor", None)
+  assert blocks["mlp"]["w_down"].sharding.spec == P("tensor", "fsdp")
+  assert many.params["net"]["embed"].sharding.spec == P("tensor", "fsdp")
+  assert many.params["net"]["unembed"].sharding.spec == P("fsdp", "tensor")
+  mu = many.opt_state[1][0].mu["net"]["embed"]  # AdamW moments follow their parameters
+  assert mu.sharding.spec == P("tensor", "fsdp")
+  assert many.step.sharding.spec == P()
+
+
+def test_gradient_accumulation_gives_the_same_update(tiny, tokenizer):
+  batches = _local_batches(tiny, tokenizer, 2)
+  mesh = sharding.make_mesh((2, 2, 2))
+  full, losses_full, _ = _run_steps(tiny, tokenizer, mesh, batches)
+  accum_cfg = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+                                   **{"data.data_dir": tiny.data.data_dir, **TINY,
+                                      "train.grad_accum": 2})
+  acc, losses_acc, _ = _run_steps(accum_cfg, tokenizer, mesh, batches)
+  np.testing.assert_allclose(losses_full, losses_acc, rtol=1e-5)
+  _assert_trees_close(full.params, acc.params)
+
+
+def test_step_compiles_once_and_ema_warms_up(tiny, tokenizer):
+  mesh = sharding.make_mesh((2, 2, 2))
+  batches = _local_batches(tiny, tokenizer, 3)
+  graphdef, state, shardings, bs, tx, lr = _setup(tiny, tokenizer, mesh)
+  init = jax.device_get(state.params)
+  step = step_lib.make_train_step(graphdef, tx, lr, tiny.train, shardings, bs)
+  with jax.set_mesh(mesh):
+    state, _ = step(state, {k: jax.device_put(v, bs) for k, v in batches[0].items()})
+    after_one = jax.device_get(state)
+    for b in batches[1:]:
+      state, _ = step(state, {k: jax.device_put(v, bs) for k, v in b.items()})
+  assert step._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 3
+  # decay at step 0 is min(0.9999, 1/10): the EMA moves 90% of the way to the new params.
+  _assert_trees_close(after_one.ema, jax.tree.map(lambda i, p: 0.1 * i + 0.9 * p, init,
+                                                  after_one.params))
+
+
+def test_checkpoint_restores_onto_other_meshes(tiny, tokenizer, tmp_path):
+  batches = _local_batches(tiny, tokenizer, 2)
+  mesh = sharding.make_mesh((2, 2, 2))
+  state, _, _ = _run_steps(tiny, tokenizer, mesh, batches[:1])
+  ckpts = ckpt_lib.Checkpoints(str(tmp_path), async_save=False)
+  ckpts.save(state, None, tiny, tokenizer)
+  ckpts.close()
+  expected = jax.device_get(state)
+  for shape, devices in (((1, 1, 1), jax.devices()[:1]), ((8, 1, 1), None), ((1, 4, 2), None)):
+    other = sharding.make_mesh(shape, devices)
+    tx, _ = optim.optimizer(tiny.train)
+    _, abstract, shardings = state_lib.create_abstract(
+        lambda r: models.build(tiny, tokenizer, r), tx, other, tiny.mesh.rules, 0)
+    ckpts = ckpt_lib.Checkpoints(str(tmp_path), async_save=False)
+    restored = ckpts.restore(1, state_lib.abstract(abstract, shardings))
+    ckpts.close()
+    _assert_trees_close(expected, jax.device_get(restored), rtol=0, atol=0)
+    leaf = restored.params["net"]["unembed"]
+    assert leaf.sharding.mesh.shape == dict(zip(sharding.MESH_AXES, shape))
+    assert leaf.sharding == shardings.params["net"]["unembed"]
+
+
+def _train_cmd(workdir, data_dir, *extra):
+  args = [f"--config.{k}={v}" for k, v in TINY.items()]
+  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
+          f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args,
+          "--config.train.steps=8", "--config.train.log_every=1", "--config.train.eval_every=8",
+          "--config.train.checkpoint_every=4", "--config.train.eval_batches=2",
+          "--config.train.async_checkpoint=false", *extra]
+
+
+def _losses(workdir):
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      d = json.loads(line)
+      if "train/loss" in d:
+        out[d["step"]] = d["train/loss"]
+  return out
+
+
+def _env():
+  return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+
+
+def _wait_for(path, proc, timeout=300):
+  start = time.time()
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - start < timeout
+    time.sleep(0.05)
+
+
+def test_resume_after_sigkill_and_sigterm_matches_uninterrupted(tiny, tmp_path):
+  data_dir = tiny.data.data_dir
+  full = tmp_path / "full"
+  subprocess.run(_train_cmd(full, data_dir), cwd=ROOT, env=_env(), check=True,
+                 capture_output=True)
+  reference = _losses(full)
+  assert sorted(reference) == list(range(1, 9))
+
+  # SIGKILL right after the step-4 checkpoint is committed, then restart.
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_train_cmd(killed, data_dir), cwd=ROOT, env=_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  _wait_for(killed / "checkpoints" / "4" / "commit_success.txt", proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  done = subprocess.run(_train_cmd(killed, data_dir), cwd=ROOT, env=_env(),
+                        capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  assert "resuming at step 4" in done.stderr
+  np.testing.assert_allclose([_losses(killed)[s] for s in range(1, 9)],
+                             [reference[s] for s in range(1, 9)], rtol=1e-6)
+
+  # SIGTERM (preemption): a checkpoint at the current step, a clean exit, then resume.
+  termed = tmp_path / "termed"
+  proc = subprocess.Popen(_train_cmd(termed, data_dir, "--config.train.steps=400",
+                                     "--config.train.checkpoint_every=1000",
+                                     "--config.train.eval_every=1000"),
+                          cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  _wait_for(termed / "metrics.jsonl", proc)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err
+  assert "preempted at step" in err
+  step = ckpt_lib.Checkpoints(str(termed), read_only=True).latest_step()
+  assert step is not None and 1 <= step < 400
+
+
+def _expect_error(config, workdir, message):
+  with pytest.raises(DlmError, match=message):
+    loop.train(config, str(workdir))
+
+
+def test_bad_training_input(tiny, tmp_path):
+  base = {"data.data_dir": tiny.data.data_dir, **TINY, "train.steps": 2, "train.eval_every": 2,
+          "train.checkpoint_every": 2, "train.eval_batches": 1, "train.async_checkpoint": False}
+  cfg = lambda **kw: config_lib.from_file(str(ROOT / "configs/quickstart.py"),  # noqa: E731
+                                          **{**base, **kw})
+  _expect_error(cfg(**{"mesh.shape": (3, 1, 1)}), tmp_path / "a",
+                r"mesh.shape=\(3, 1, 1\) needs 3 devices but 8 are available")
+  _expect_error(cfg(**{"mesh.shape": (-1, 3, 1)}), tmp_path / "a", "does not divide the 8 devices")
+  _expect_error(cfg(**{"train.batch_size": 6}), tmp_path / "b",
+                "train.batch_size=6 cannot be split over the mesh's batch axes")
+  _expect_error(cfg(**{"mesh.shape": (1, 1, 8), "model.heads": 2}), tmp_path / "c",
+                "cannot split")
+  loop.train(cfg(), str(tmp_path / "d"))
+  _expect_error(cfg(**{"model.width": 64}), tmp_path / "d", "belongs to another model shape")
+  _expect_error(cfg(**{"data.tokenizer.vocab_size": 4096}), tmp_path / "d",
+                "trained with another tokenizer")
+  with pytest.raises(DlmError, match="unknown model.family"):
+    cfg(**{"model.family": "nope"})
+  with pytest.raises(KeyError):
+    cfg(**{"train.no_such_key": 1})
+
+
+def test_cli_names_unknown_key_and_mesh_problems(tiny, tmp_path):
+  for flag, message in (("--config.train.no_such_key=1", "unknown config key 'train.no_such_key'"),
+                        ("--config.mesh.shape=(3,1,1)", "needs 3 devices but 1 are available")):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
+                           f"--workdir={tmp_path}", f"--config.data.data_dir={tiny.data.data_dir}",
+                           flag], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_autoregressive_baseline_scores_within_documents(tiny, tokenizer):
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+                                **{"data.data_dir": tiny.data.data_dir, **TINY,
+                                   "model.family": "autoregressive", "model.head_init_std": 0.0})
+  model = models.build(config, tokenizer, __import__("flax").nnx.Rngs(0))
+  assert model.net.cfg.attention == "causal"
+  x = jnp.array([[5, 6, 7, 8, 9, 10]])
+  batch = {"tokens": x, "segment_ids": jnp.array([[1, 1, 1, 2, 2, 0]]),
+           "positions": jnp.array([[0, 1, 2, 0, 1, 0]])}
+  nll, scored = model.token_nll(batch)
+  assert scored.tolist() == [[False, True, True, False, True, False]]
+  total, metrics = model.loss(batch, train=False)
+  assert int(metrics["tokens"]) == 3 and float(total) == pytest.approx(float(nll.sum()))
+  uniform = 3 * np.log(tokenizer.vocab_size)  # zero-initialised head: uniform predictions
+  assert float(total) == pytest.approx(uniform, rel=1e-5)

@@ -1,0 +1,143 @@
+"""The shared backbone: masks, time conditioning, scan/remat equivalence, dtype policy."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from dlm.models.layers import attention_mask
+from dlm.models.transformer import Transformer, TransformerConfig
+
+CFG = TransformerConfig(vocab_size=37, width=32, depth=3, heads=4, cond_width=16)
+
+
+def _randomize(model, seed=1):
+  """Non-zero weights everywhere (zero-initialised heads would hide dependencies)."""
+  graphdef, state = nnx.split(model)
+  leaves, tree = jax.tree.flatten(nnx.to_pure_dict(state))
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  leaves = [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+  return nnx.merge(graphdef, jax.tree.unflatten(tree, leaves))
+
+
+def _tokens(batch=2, length=12, seed=0):
+  return jax.random.randint(jax.random.PRNGKey(seed), (batch, length), 0, CFG.vocab_size)
+
+
+def _changed_outputs(cfg, x, position, segment_ids=None, t=None):
+  """Which output positions change when the token at `position` changes."""
+  model = _randomize(Transformer(cfg, nnx.Rngs(0)))
+  y = x.at[:, position].set((x[:, position] + 1) % cfg.vocab_size)
+  a, b = model(x, t, segment_ids), model(y, t, segment_ids)
+  return np.asarray(jnp.abs(a - b).max(axis=(0, 2)) > 1e-6)
+
+
+def test_shapes_and_float32_logits():
+  model = Transformer(CFG, nnx.Rngs(0))
+  x = _tokens()
+  t = jnp.full(x.shape, 0.3)
+  logits = model(x, t)
+  assert logits.shape == (2, 12, CFG.vocab_size) and logits.dtype == jnp.float32
+  with pytest.raises(ValueError, match="time-conditioned"):
+    model(x)
+
+
+def test_bidirectional_causal_and_block_causal_masks():
+  x = _tokens()
+  t = jnp.zeros(x.shape)
+  bi = _changed_outputs(CFG, x, 5, t=t)
+  assert bi.all()
+  causal = _changed_outputs(dataclasses.replace(CFG, attention="causal"), x, 5, t=t)
+  np.testing.assert_array_equal(causal, np.arange(12) >= 5)
+  block = _changed_outputs(dataclasses.replace(CFG, attention="block_causal", block_size=4),
+                           x, 5, t=t)
+  np.testing.assert_array_equal(block, np.arange(12) >= 4)  # position 5 is in block 1
+
+
+def test_segments_do_not_see_each_other():
+  x = _tokens()
+  seg = jnp.array([[1] * 5 + [2] * 5 + [0] * 2] * 2)
+  changed = _changed_outputs(CFG, x, 7, segment_ids=seg, t=jnp.zeros(x.shape))
+  np.testing.assert_array_equal(changed, (np.arange(12) >= 5) & (np.arange(12) < 10))
+  mask = attention_mask(seg, "bidirectional")
+  assert mask.shape == (2, 1, 12, 12) and bool(mask[0, 0, 11, 10]) and not mask[0, 0, 11, 0]
+
+
+def test_adaln_zero_starts_time_blind_and_conditions_per_token():
+  x = _tokens()
+  model = Transformer(CFG, nnx.Rngs(0))
+  model.unembed[...] = jax.random.normal(jax.random.PRNGKey(3), model.unembed[...].shape)
+  np.testing.assert_allclose(model(x, jnp.zeros(x.shape)), model(x, jnp.ones(x.shape)),
+                             atol=1e-6)  # adaLN-zero: modulations start at zero
+  model = _randomize(model)
+  t = jnp.zeros(x.shape)
+  a, b = model(x, t), model(x, t.at[:, 3].set(0.9))
+  assert float(jnp.abs(a - b).max()) > 1e-4  # a token's own time reaches the output
+  blind = _randomize(Transformer(dataclasses.replace(CFG, time_conditioning="none"),
+                                 nnx.Rngs(0)))
+  assert blind(x).shape == a.shape
+
+
+def _stack_blocks(loop_model, scan_model):
+  """Copies a loop model's weights into a scanned model (layers stacked on axis 0)."""
+  graphdef, state = nnx.split(scan_model)
+  src = nnx.to_pure_dict(nnx.split(loop_model)[1])
+  dst = dict(src)
+  blocks = [src["blocks"][i] for i in range(len(src["blocks"]))]
+  dst["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  return nnx.merge(graphdef, dst)
+
+
+@pytest.mark.parametrize("remat", ["none", "full", "dots"])
+def test_scan_and_remat_compute_the_same_function(remat):
+  x = _tokens()
+  t = jax.random.uniform(jax.random.PRNGKey(2), x.shape)
+  loop = _randomize(Transformer(CFG, nnx.Rngs(0)))
+  scan_cfg = dataclasses.replace(CFG, scan_layers=True, remat=remat)
+  scan = _stack_blocks(loop, Transformer(scan_cfg, nnx.Rngs(0)))
+  np.testing.assert_allclose(loop(x, t), scan(x, t), rtol=1e-5, atol=1e-5)
+
+  def loss(model):
+    return (model(x, t) ** 2).mean()
+
+  g_loop = nnx.to_pure_dict(nnx.grad(loss)(loop))
+  g_scan = nnx.to_pure_dict(nnx.grad(loss)(scan))
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs),
+                         *[g_loop["blocks"][i] for i in range(CFG.depth)])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               stacked, g_scan["blocks"])
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  x = _tokens()
+  t = jnp.full(x.shape, 0.5)
+  f32 = _randomize(Transformer(CFG, nnx.Rngs(0)))
+  bf16 = nnx.merge(nnx.split(Transformer(dataclasses.replace(CFG, dtype="bfloat16"),
+                                         nnx.Rngs(0)))[0], nnx.to_pure_dict(nnx.split(f32)[1]))
+  params = jax.tree.leaves(nnx.to_pure_dict(nnx.split(bf16)[1]))
+  assert all(p.dtype == jnp.float32 for p in params)
+  a, b = f32(x, t), bf16(x, t)
+  assert b.dtype == jnp.float32
+  assert float(jnp.abs(a - b).max()) < 0.05 * float(jnp.abs(a).max())
+
+
+def test_dropout_only_with_a_key():
+  cfg = dataclasses.replace(CFG, dropout=0.5)
+  model = _randomize(Transformer(cfg, nnx.Rngs(0)))
+  x, t = _tokens(), jnp.zeros((2, 12))
+  np.testing.assert_array_equal(model(x, t), model(x, t))
+  assert float(jnp.abs(model(x, t, rng=jax.random.PRNGKey(0)) - model(x, t)).max()) > 1e-3
+
+
+def test_tied_embeddings_share_the_table():
+  cfg = dataclasses.replace(CFG, tie_embeddings=True)
+  model = _randomize(Transformer(cfg, nnx.Rngs(0)))
+  assert not hasattr(model, "unembed")
+  x, t = _tokens(), jnp.zeros((2, 12))
+  before = model(x, t)
+  model.embed[...] = model.embed[...].at[3].add(1.0)  # changes token 3's input and output rows
+  after = model(x, t)
+  assert float(jnp.abs(after - before)[..., 3].max()) > 1e-3
