@@ -8,6 +8,8 @@ one `error: ...` line and exit status 2, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import sys
 
 from absl import flags, logging
@@ -23,6 +25,23 @@ def define_config_flag() -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Experiment config file (configs/*.py).", lock_config=True
   )
+
+
+def define_distributed_flags() -> None:
+  """`--coordinator_address`, `--num_processes`, `--process_id` (see `dlm.distributed`)."""
+  flags.DEFINE_string("coordinator_address", "",
+                      "HOST:PORT of process 0's coordinator; '' = from the environment "
+                      "(JAX_COORDINATOR_ADDRESS, SLURM, Cloud TPU, ...) or one process.")
+  flags.DEFINE_integer("num_processes", 0, "Processes in the run (with --coordinator_address).")
+  flags.DEFINE_integer("process_id", -1, "This process's index, 0 .. num_processes - 1.")
+
+
+def initialize_distributed():
+  """Joins the processes named by the flags or the environment; before any device is used."""
+  from dlm import distributed  # pylint: disable=g-import-not-at-top
+
+  return distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                FLAGS.process_id)
 
 
 def _fail(message: str) -> None:
@@ -77,3 +96,22 @@ def stdout_to_stderr():
   """Keeps library chatter (TFDS prints) off stdout, which carries the JSON results."""
   with contextlib.redirect_stdout(sys.stderr):
     yield
+
+
+@contextlib.contextmanager
+def native_stdout_to_stderr():
+  """Also keeps native code's writes to file descriptor 1 off stdout (gloo's "[Gloo] Rank ...
+  connected" lines in multi-process runs): fd 1 points at stderr inside, C buffers flushed."""
+  sys.stdout.flush()
+  saved = os.dup(1)
+  os.dup2(2, 1)
+  try:
+    yield
+  finally:
+    sys.stdout.flush()
+    try:
+      ctypes.CDLL(None).fflush(None)  # what C/C++ code buffered goes to stderr too
+    except (OSError, AttributeError):
+      pass
+    os.dup2(saved, 1)
+    os.close(saved)

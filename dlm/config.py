@@ -18,6 +18,11 @@ def base_config() -> ConfigDict:
       dataset="tfds:python_stdlib/docs",
       data_dir="",  # prepared datasets and cached tokenizers; '' = TFDS default (TFDS_DATA_DIR)
       text_feature="text",  # the feature (TFDS) or JSON field holding the document text
+      # Conditional (source -> target) data, e.g. tfds:python_stdlib/summarize with "source":
+      # one row per pair, [bos] source [eos] target [eos] ... (eos-filled), the prefix given.
+      source_feature="",  # '' = unconditional text; else the feature holding the source
+      target_feature="target",  # the feature holding the target (with source_feature)
+      source_len=0,  # source tokens kept (its first ones); 0 = seq_len // 2
       train_split="train",
       eval_split="validation",  # TFDS split syntax works: 'test', 'train[:1%]', ...
       document_per="file",  # text:GLOB only: 'file' or 'line'
@@ -27,6 +32,10 @@ def base_config() -> ConfigDict:
       add_bos=False,  # put bos before every document
       seed=0,  # document shuffling
       prefetch=2,  # batches prepared ahead in a background thread (0 = none)
+      # The training order's document streams: stream s reads documents s, s+S, ... and fills
+      # 1/S of each batch (dlm/train/batches.py). 0 = one per process when the run starts; a
+      # resumed run keeps its checkpoint's, so it continues exactly on any process count.
+      streams=0,
       tokenizer=ConfigDict(dict(
           path="",  # an existing tokenizer.json; '' = train a byte-level BPE on train_split
           vocab_size=8192,  # BPE training only
@@ -54,7 +63,8 @@ def base_config() -> ConfigDict:
 
   # Model: the family and its backbone (dlm/models/transformer.py).
   config.model = ConfigDict(dict(
-      family="masked",  # 'masked' | 'autoregressive' (see dlm.models.FAMILIES)
+      # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' (see dlm.models.FAMILIES)
+      family="masked",
       width=256,
       depth=6,
       heads=4,
@@ -80,6 +90,27 @@ def base_config() -> ConfigDict:
       eps=1e-4,  # keeps 0 < alpha < 1 (md4); loglinear: alpha(1) = eps (MDLM)
       timesteps=0,  # 0: continuous-time NELBO; T > 0: discrete-time NELBO with T steps
       antithetic=True,  # low-discrepancy time sampling over the batch
+  ))
+
+  # Continuous diffusion over token embeddings (dlm/models/continuous.py, CDCD/Plaid style).
+  config.continuous = ConfigDict(dict(
+      embed_dim=64,  # token embedding (diffusion space) width
+      schedule="cosine",  # VP schedule: 'cosine' | 'sqrt' (Diffusion-LM) | 'tan_d' (Cosmos)
+      tan_d=5.0,  # tan_d only: the shift d
+      noise_scale=1.0,  # training noise std multiplier
+      self_condition=0.5,  # self-conditioning probability in training (0 = off)
+      mse_weight=0.0,  # embedding MSE beside the x_0 cross-entropy
+      normalize_embeddings=True,  # CDCD: L2-normalised rows scaled to sqrt(embed_dim)
+  ))
+
+  # NeoDiff non-simultaneous diffusion (dlm/models/neodiff.py, dlm/processes/nonsim.py).
+  config.neodiff = ConfigDict(dict(
+      embed_dim=64,
+      num_tau=100,  # intrinsic time levels 0..num_tau-1 (tau_max = 99 in the paper's code)
+      train_noise_scale=6.5,  # noise_factor of the official script; sampling uses 1
+      self_condition=0.5,
+      label_smoothing=0.1,  # anchor cross-entropy
+      tau_loss_weight=1.0,
   ))
 
   # Training (train.py, dlm/train/).
@@ -121,6 +152,17 @@ def validate(config: ConfigDict) -> ConfigDict:
     raise DlmError(f"data.document_per must be 'file' or 'line', got {d.document_per!r}")
   if not 0.0 <= d.validation_fraction < 1.0:
     raise DlmError(f"data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
+  if d.source_feature:
+    from dlm.data.pipeline import resolve_source_len  # pylint: disable=g-import-not-at-top
+
+    if not d.target_feature or d.target_feature == d.source_feature:
+      raise DlmError(f"data.target_feature={d.target_feature!r} must name a feature other than "
+                     f"data.source_feature={d.source_feature!r}")
+    resolve_source_len(d.seq_len, d.source_len)
+  elif not isinstance(d.source_len, int) or d.source_len < 0:
+    raise DlmError(f"data.source_len must be a non-negative integer, got {d.source_len!r}")
+  if not isinstance(d.streams, int) or isinstance(d.streams, bool) or d.streams < 0:
+    raise DlmError(f"data.streams must be a non-negative integer, got {d.streams!r}")
   t = config.train
   if t.batch_size <= 0:
     raise DlmError(f"train.batch_size must be positive, got {t.batch_size}")
@@ -158,13 +200,18 @@ def validate(config: ConfigDict) -> ConfigDict:
 
 
 def from_file(path: str, **overrides) -> ConfigDict:
-  """Loads `get_config()` from a config file, applies dotted overrides, validates, locks."""
+  """Loads `get_config()` from a config file (`file.py:ARG` calls `get_config(ARG)`, as
+  `--config=` does), applies dotted overrides, validates, locks."""
   import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
 
+  arg = None
+  if not os.path.exists(path) and ":" in path:
+    path, arg = path.rsplit(":", 1)
   spec = importlib.util.spec_from_file_location("dlm_user_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config() if arg is None else module.get_config(arg)
   config.lock()
   for key, value in overrides.items():
     parent = config

@@ -1,6 +1,5 @@
 """Masked diffusion process: schedules, forward masking, and the NELBO against exact entropy."""
 
-import itertools
 import math
 
 import jax
@@ -10,6 +9,7 @@ import pytest
 
 from dlm.processes.masked import MaskedProcess
 from dlm.processes.schedules import KINDS, MaskingSchedule
+from toy_joint import CODES, LENGTH, MASK, VOCAB, conditional_table, joint
 
 jax.config.update("jax_enable_x64", False)
 
@@ -37,30 +37,12 @@ def test_forward_masking_rate(kind):
   assert (z[:, :100] == 0).all()  # time-0 (prompt) tokens are never masked
 
 
-# A toy distribution over length-3 sequences of 3 symbols; [MASK] is id 3.
-VOCAB, LENGTH, MASK = 3, 3, 3
-
-
 def _toy():
-  rng = np.random.default_rng(0)
-  seqs = np.array(list(itertools.product(range(VOCAB), repeat=LENGTH)), np.int32)
-  p = rng.dirichlet(np.full(len(seqs), 0.5))
-  return seqs, p
+  return joint(seed=0, concentration=0.5)
 
 
 def _exact_conditionals(seqs, p):
-  """table[z code] = log p(x_l = v | unmasked tokens of z), shape (4^3, LENGTH, VOCAB+1)."""
-  table = np.full((4**LENGTH, LENGTH, VOCAB + 1), -np.inf)
-  for code, z in enumerate(itertools.product(range(VOCAB + 1), repeat=LENGTH)):
-    z = np.array(z)
-    ok = np.all((z == MASK) | (seqs == z), axis=1)
-    if p[ok].sum() == 0:
-      continue
-    for l in range(LENGTH):
-      for v in range(VOCAB):
-        with np.errstate(divide="ignore"):
-          table[code, l, v] = np.log(p[ok & (seqs[:, l] == v)].sum() / p[ok].sum())
-  return jnp.asarray(table)
+  return conditional_table(seqs, p)
 
 
 def _mc_nelbo(process, log_p_fn, seqs, p, n=1_000_000, seed=0):
@@ -76,10 +58,8 @@ def _mc_nelbo(process, log_p_fn, seqs, p, n=1_000_000, seed=0):
 
 
 def _exact_log_p(table):
-  codes = 4 ** jnp.arange(LENGTH - 1, -1, -1)
-
   def fn(z, x):
-    logp = table[(z * codes).sum(axis=1)]  # (n, LENGTH, VOCAB + 1)
+    logp = table[(z * CODES).sum(axis=1)]  # (n, LENGTH, VOCAB + 1)
     return jnp.take_along_axis(logp, x[..., None], axis=-1)[..., 0]
 
   return fn

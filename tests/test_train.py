@@ -2,8 +2,10 @@
 meshes, resume after SIGKILL and SIGTERM, and bad input."""
 
 import json
+import math
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -87,6 +89,50 @@ def test_sharded_step_equals_single_device(tiny, tokenizer):
   mu = many.opt_state[1][0].mu["net"]["embed"]  # AdamW moments follow their parameters
   assert mu.sharding.spec == P("tensor", "fsdp")
   assert many.step.sharding.spec == P()
+
+
+def _collective_shapes(hlo: str, op: str) -> list[tuple[int, ...]]:
+  """Output shapes of every `op` (all-gather, all-reduce, reduce-scatter) in HLO text."""
+  shapes = []
+  for line in hlo.splitlines():
+    m = re.search(rf"= (.*?) {op}\(", line)
+    if m:
+      shapes += [tuple(int(d) for d in dims.split(",") if d)
+                 for dims in re.findall(r"[a-z]\d+\[([\d,]*)\]", m.group(1))]
+  return shapes
+
+
+def test_data_fsdp_and_tensor_parallel_agree_and_fsdp_gathers_and_scatters(tiny, tokenizer):
+  batches = _local_batches(tiny, tokenizer, 2)
+  runs = {shape: _run_steps(tiny, tokenizer, sharding.make_mesh(shape), batches)
+          for shape in ((8, 1, 1), (1, 8, 1), (4, 1, 2))}  # data, FSDP, tensor (x data)
+  data_state, data_losses, _ = runs[(8, 1, 1)]
+  for shape in ((1, 8, 1), (4, 1, 2)):
+    np.testing.assert_allclose(runs[shape][1], data_losses, rtol=1e-5)
+    _assert_trees_close(runs[shape][0].params, data_state.params)
+  fsdp, _, step = runs[(1, 8, 1)]
+  mesh = sharding.make_mesh((1, 8, 1))
+  bs = sharding.named_sharding(mesh, ("batch", "length"), tiny.mesh.rules)
+  with jax.set_mesh(mesh):
+    hlo = step.lower(fsdp, {k: jax.device_put(v, bs) for k, v in batches[0].items()}
+                     ).compile().as_text()
+  gathered = _collective_shapes(hlo, "all-gather")
+  reduced = {math.prod(s) for s in _collective_shapes(hlo, "all-reduce")}
+  scattered = _collective_shapes(hlo, "reduce-scatter")
+  flat = jax.tree_util.tree_flatten_with_path(fsdp.params)[0]
+  sharded = [(jax.tree_util.keystr(p), x) for p, x in flat if "fsdp" in x.sharding.spec]
+  assert len(sharded) >= 6  # qkv, out, in, down per block; embed, unembed
+  for name, x in sharded:
+    dim = x.sharding.spec.index("fsdp")
+    shard = x.shape[:dim] + (x.shape[dim] // 8,) + x.shape[dim + 1:]
+    # The returned state stays sharded: each device holds an eighth.
+    assert {s.data.shape for s in x.addressable_shards} == {shard}, name
+    # Forward and backward gather the whole parameter ...
+    assert x.shape in gathered, f"{name}: no all-gather to {x.shape}"
+    # ... and its gradient is reduce-scattered back to the shard: a reduce-scatter, or (XLA:CPU,
+    # whose pipeline has no reduce-scatter creator) an all-reduce of the whole gradient that
+    # each device then slices.
+    assert shard in scattered or (x.size in reduced and "dynamic-slice" in hlo), name
 
 
 def test_gradient_accumulation_gives_the_same_update(tiny, tokenizer):

@@ -3,6 +3,10 @@
 Prepares the dataset (array_record) and the tokenizer if needed, then prints one JSON line:
 the dataset, documents / tokens / bytes per split, bytes per token, the vocabulary size, whether
 every validation document decodes back to its exact text, and a decoded example.
+
+With `data.source_feature` set (source -> target pairs) the splits count pairs, source and
+target tokens and how many of each a row truncates, and the example shows the pair's texts, the
+length of its given prefix (`[bos] source [eos]`) and the decoded row.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import json
 from absl import app
 
 from dlm import cli
-from dlm.data import inputs, sources
+from dlm.data import inputs, pipeline, sources
 
 
 def split_stats(docs, tokenizer, check_roundtrip: bool = False, chunk: int = 256) -> dict:
@@ -31,9 +35,59 @@ def split_stats(docs, tokenizer, check_roundtrip: bool = False, chunk: int = 256
   return stats
 
 
+def pair_stats(pairs, tokenizer, seq_len: int, source_len: int,
+               check_roundtrip: bool = False, chunk: int = 256) -> dict:
+  """Pairs, tokens (both sides, with bos and eos), bytes, and rows that cut source / target."""
+  n_tokens = n_bytes = n_source = n_target = cut_source = cut_target = 0
+  exact = True
+  for start in range(0, len(pairs), chunk):
+    texts = [text for pair in pairs[start:start + chunk] for text in pair]
+    ids = tokenizer.encode_batch(texts)
+    for source, target, src, tgt in zip(texts[::2], texts[1::2], ids[::2], ids[1::2]):
+      n_source += len(src)
+      n_target += len(tgt)
+      n_tokens += len(src) + len(tgt) + 3
+      n_bytes += len(source.encode("utf-8")) + len(target.encode("utf-8"))
+      cut_source += len(src) > source_len
+      cut_target += len(tgt) > seq_len - min(len(src), source_len) - 3
+      if check_roundtrip and (tokenizer.decode(src), tokenizer.decode(tgt)) != (source, target):
+        exact = False
+  stats = {"documents": len(pairs), "tokens": n_tokens, "bytes": n_bytes,
+           "source_tokens": n_source, "target_tokens": n_target,
+           "sources_truncated": cut_source, "targets_truncated": cut_target}
+  if check_roundtrip:
+    stats["roundtrip_exact"] = exact
+  return stats
+
+
+def pair_example(pairs, tokenizer, seq_len: int, source_len: int) -> dict:
+  """The first pair of a split: its texts, the given prefix length and the decoded row."""
+  record = pairs.record(0)
+  source, target = pairs[0]
+  row = pipeline.pair_row(tokenizer, tokenizer.encode(source), tokenizer.encode(target),
+                          seq_len=seq_len, source_len=source_len)
+  given = int(row["given"].sum())
+  tokens = row["tokens"]
+  after = tokens[given:]
+  fill = int((after == tokenizer.eos_id)[::-1].cumprod().sum())  # the trailing eos run
+  n_target = len(after) - fill
+  return {
+      "key": record.get("path", "0"),
+      "source_head": source[:400],
+      "target": target,
+      "given_len": given,
+      "target_len": n_target,
+      "eos_fill": fill,
+      "prefix_decoded_head": tokenizer.decode(tokens[:min(given, 64)]),
+      "target_decoded": tokenizer.decode(after[:n_target]),
+  }
+
+
 def inspect(config) -> dict:
   d = config.data
   tokenizer = inputs.load_tokenizer(d)
+  if d.source_feature:
+    return inspect_pairs(config, tokenizer)
   splits = {}
   for split in (d.train_split, d.eval_split):
     docs = sources.open_split(d, split)
@@ -55,6 +109,30 @@ def inspect(config) -> dict:
           "tokens_head": [tokenizer.token(i) for i in ids[:16]],
           "decoded_head": tokenizer.decode(ids),  # its first 64 tokens
       },
+  }
+
+
+def inspect_pairs(config, tokenizer) -> dict:
+  d = config.data
+  source_len = pipeline.resolve_source_len(d.seq_len, d.source_len)
+  splits = {}
+  for split in (d.train_split, d.eval_split):
+    pairs = inputs.open_pairs(d, split)
+    splits[split] = pair_stats(pairs, tokenizer, d.seq_len, source_len,
+                               check_roundtrip=split == d.eval_split)
+  total_tokens = sum(s["tokens"] for s in splits.values())
+  total_bytes = sum(s["bytes"] for s in splits.values())
+  return {
+      "dataset": sources.builder(d).info.full_name,
+      "source": d.dataset,
+      "pairs": {"source_feature": d.source_feature, "target_feature": d.target_feature,
+                "seq_len": d.seq_len, "source_len": source_len},
+      "splits": splits,
+      "bytes_per_token": round(total_bytes / total_tokens, 4),
+      "vocab_size": tokenizer.vocab_size,
+      "tokenizer": d.tokenizer.path or inputs.bpe_cache_path(d),
+      "example": pair_example(inputs.open_pairs(d, d.eval_split), tokenizer, d.seq_len,
+                              source_len),
   }
 
 

@@ -1,17 +1,27 @@
 """The input pipeline on grain: tokenize, pack or pad, shard by process, batch, global arrays.
 
-Each example is a dict of int32 arrays of shape `(seq_len,)`:
+Each example is a dict of arrays of shape `(seq_len,)`:
 
-* `tokens`: token ids, `pad` where there is no token;
-* `segment_ids`: 1, 2, ... numbering the documents packed into the row, 0 on padding (so
+* `tokens` (int32): token ids, `pad` where there is no token;
+* `segment_ids` (int32): 1, 2, ... numbering the documents packed into the row, 0 on padding (so
   attention can be kept within a document, and the loss skips padding);
-* `positions`: the position of each token within its document's piece in this row.
+* `positions` (int32): the position of each token within its document's piece in this row;
+* `given` (bool): the conditioning prefix of a (source -> target) pair, kept clean (never
+  noised nor scored); all False for unconditional text and on batch-filling rows.
 
 Packing (`data.packing="concat"`) joins the documents of the shard, each followed by `eos`,
 and cuts the stream into rows of `seq_len` (grain's `ConcatThenSplitIterDataset`): no token is
 lost or repeated within an epoch, a document may continue in the next row, and only the last
 row of a finite epoch is padded. `data.packing="pad"` gives one document per row (sentence-
 level data such as LM1B), a document longer than a row continuing over several rows.
+
+Conditional data (`dataset(..., pairs=True)`, `data.source_feature` set) has one row per
+(source, target) pair, never packed: `[bos] source [eos] target [eos] [eos] ...`. The source
+keeps its first `source_len` tokens (`data.source_len`, 0 = `seq_len // 2`), the target is cut
+to fit with at least one closing eos, and the rest of the row is eos: real tokens to predict
+(LLaDA-style eos padding), so `segment_ids` is 1 on the whole row and `positions` counts 0 ..
+seq_len-1. `given` is True on `[bos] source [eos]`. `pair_prompt` builds the same prefix as a
+sampling canvas, the mask token everywhere else.
 
 Documents are sharded before anything else: process `i` of `n` reads documents `i, i+n, ...`;
 training shuffles them with `data.seed`, anew each epoch. The iterator's state (a small dict)
@@ -30,7 +40,7 @@ from dlm import sharding
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
 
-FEATURES = ("tokens", "segment_ids", "positions")
+FEATURES = ("tokens", "segment_ids", "positions", "given")
 
 
 class _Tokenize(grain.transforms.Map):
@@ -67,7 +77,8 @@ class _PadChunks(grain.experimental.FlatMapTransform):
       segment_ids[:n] = 1
       positions = np.zeros((self._seq_len,), np.int32)
       positions[:n] = np.arange(n)
-      rows.append({"tokens": row, "segment_ids": segment_ids, "positions": positions})
+      rows.append({"tokens": row, "segment_ids": segment_ids, "positions": positions,
+                   "given": np.zeros((self._seq_len,), bool)})
     return rows
 
 
@@ -78,9 +89,79 @@ def _from_packed(pad_id: int):
         "tokens": np.where(segment_ids > 0, example["tokens"], pad_id).astype(np.int32),
         "segment_ids": segment_ids.astype(np.int32),
         "positions": example["tokens_positions"].astype(np.int32),
+        "given": np.zeros(segment_ids.shape, bool),
     }
 
   return fn
+
+
+# Conditional (source -> target) rows -------------------------------------------------------
+
+
+def resolve_source_len(seq_len: int, source_len: int) -> int:
+  """The source budget in tokens (`source_len`, 0 = `seq_len // 2`); checks a target fits."""
+  check_seq_len(seq_len)
+  if not isinstance(source_len, int) or isinstance(source_len, bool) or source_len < 0:
+    raise DlmError(f"data.source_len must be a non-negative integer, got {source_len!r}")
+  n = source_len or seq_len // 2
+  if n < 1 or n + 3 > seq_len:
+    raise DlmError(
+        f"data.source_len={n} leaves no room for a target in data.seq_len={seq_len}: a row "
+        "holds bos, the source, eos, at least one target token and its eos"
+    )
+  return n
+
+
+def _pair_prefix(tokenizer: Tokenizer, source_ids: np.ndarray, source_len: int) -> np.ndarray:
+  """`[bos] source[:source_len] [eos]`: the given part of a pair row."""
+  return np.concatenate([[tokenizer.bos_id], source_ids[:source_len],
+                         [tokenizer.eos_id]]).astype(np.int32)
+
+
+def pair_row(tokenizer: Tokenizer, source_ids: np.ndarray, target_ids: np.ndarray, *,
+             seq_len: int, source_len: int) -> dict[str, np.ndarray]:
+  """One training row of a pair (see the module docstring); `source_len` already resolved."""
+  prefix = _pair_prefix(tokenizer, source_ids, source_len)
+  n = len(prefix)
+  target = target_ids[:seq_len - n - 1]  # room for at least one closing eos
+  tokens = np.full((seq_len,), tokenizer.eos_id, np.int32)
+  tokens[:n] = prefix
+  tokens[n:n + len(target)] = target
+  given = np.zeros((seq_len,), bool)
+  given[:n] = True
+  return {"tokens": tokens, "segment_ids": np.ones((seq_len,), np.int32),
+          "positions": np.arange(seq_len, dtype=np.int32), "given": given}
+
+
+def pair_prompt(tokenizer: Tokenizer, source_text: str, seq_len: int,
+                source_len: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """The sampling canvas of a pair: `(tokens int32[seq_len], given bool[seq_len])`.
+
+  The same `[bos] source [eos]` prefix as the training row (`source_len` 0 = `seq_len // 2`),
+  then `mask` on every position that is not given: a sampler fills those.
+  """
+  source_len = resolve_source_len(seq_len, source_len)
+  prefix = _pair_prefix(tokenizer, tokenizer.encode(source_text), source_len)
+  tokens = np.full((seq_len,), tokenizer.mask_id, np.int32)
+  tokens[:len(prefix)] = prefix
+  given = np.zeros((seq_len,), bool)
+  given[:len(prefix)] = True
+  return tokens, given
+
+
+class _PairRows(grain.transforms.Map):
+  """(source text, target text) -> one row (`pair_row`)."""
+
+  def __init__(self, tokenizer: Tokenizer, seq_len: int, source_len: int):
+    self._tokenizer = tokenizer
+    self._seq_len = seq_len
+    self._source_len = source_len
+
+  def map(self, pair: tuple[str, str]) -> dict[str, np.ndarray]:
+    source, target = pair
+    return pair_row(self._tokenizer, self._tokenizer.encode(source),
+                    self._tokenizer.encode(target), seq_len=self._seq_len,
+                    source_len=self._source_len)
 
 
 def _fill_batch(batch_size: int, pad_id: int):
@@ -119,13 +200,19 @@ def dataset(
     process_index: int = 0,
     process_count: int = 1,
     prefetch: int = 0,
+    pairs: bool = False,
+    source_len: int = 0,
 ) -> grain.IterDataset:
   """Batches of this process's share of `documents` (per-process `batch_size` rows each).
 
   With `num_epochs=None` the stream is endless (training); with a finite count the last batch
-  is filled with empty rows (segment id 0) to the full batch size (evaluation).
+  is filled with empty rows (segment id 0) to the full batch size (evaluation). With
+  `pairs=True` the documents are `(source, target)` texts, one row each (`packing` and
+  `add_bos` do not apply; `source_len` 0 = `seq_len // 2`).
   """
   check_seq_len(seq_len)
+  if pairs:
+    source_len = resolve_source_len(seq_len, source_len)
   if packing not in ("concat", "pad"):
     raise DlmError(f"data.packing must be 'concat' or 'pad', got {packing!r}")
   if batch_size <= 0:
@@ -140,12 +227,15 @@ def dataset(
     ds = ds.shuffle(seed=seed)
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
-  ds = ds.map(_Tokenize(tokenizer, add_bos)).to_iter_dataset()
-  if packing == "concat":
-    ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len})
-    ds = ds.map(_from_packed(tokenizer.pad_id))
+  if pairs:
+    ds = ds.map(_PairRows(tokenizer, seq_len, source_len)).to_iter_dataset()
   else:
-    ds = grain.experimental.FlatMapIterDataset(ds, _PadChunks(seq_len, tokenizer.pad_id))
+    ds = ds.map(_Tokenize(tokenizer, add_bos)).to_iter_dataset()
+    if packing == "concat":
+      ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len})
+      ds = ds.map(_from_packed(tokenizer.pad_id))
+    else:
+      ds = grain.experimental.FlatMapIterDataset(ds, _PadChunks(seq_len, tokenizer.pad_id))
   finite = num_epochs is not None
   ds = ds.batch(batch_size, drop_remainder=not finite)
   if finite:

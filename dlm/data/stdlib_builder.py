@@ -1,15 +1,19 @@
 """The embedded default corpus: a TFDS builder over the running interpreter's standard library.
 
-Two configs, both split into train/validation by a hash of each file's path (no file in both):
+Three configs, all split into train/validation by a hash of each file's path (no file in both):
 
 * `python_stdlib/docs`: English prose, one document per source file holding its module, class
   and function docstrings and comments in line order (see `pyextract`), plus one document per
   `pydoc_data` help topic (split by the topic's name, under the pseudo-path
   `pydoc_data/topics/<name>`).
 * `python_stdlib/code`: the `.py` sources themselves, one document per file.
+* `python_stdlib/summarize`: (source -> target) pairs, one per function or method with a
+  docstring: `source` is its code with the docstring cut out, `target` the docstring's first
+  sentence, `path` its file (see `pyextract.summaries`: targets under 3 words and sources over
+  4000 characters are left out).
 
 Files under `site-packages` are not part of the standard library; files that do not parse
-(the test suite keeps a few on purpose) are left out of both configs. Distributions that strip
+(the test suite keeps a few on purpose) are left out of every config. Distributions that strip
 the `test` package give a smaller corpus.
 
 Registered with TFDS on import, so `tfds.data_source("python_stdlib/docs")` and the config line
@@ -30,6 +34,8 @@ import tensorflow_datasets as tfds
 from dlm.data import pyextract
 
 VALIDATION_FRACTION = 0.05
+MAX_SOURCE_CHARS = 4000  # summarize: longer functions are left out
+MIN_TARGET_WORDS = 3  # summarize: shorter first sentences are left out
 _SKIP_DIRS = frozenset({"site-packages", "__pycache__"})
 
 
@@ -54,22 +60,33 @@ def stdlib_files(root: pathlib.Path | None = None) -> list[str]:
   return sorted(files)
 
 
-def documents(config: str, root: pathlib.Path | None = None):
-  """Yields `(key, text)` for every document of a config ('docs' or 'code')."""
-  root = root or stdlib_root()
+def _each_file(root: pathlib.Path, extract):
+  """Yields `(rel, extract(source, rel))` for every stdlib file whose source decodes and
+  parses; old sources' syntax and escape warnings are silenced."""
   for rel in stdlib_files(root):
     try:
       source = pyextract.decode_source((root / rel).read_bytes())
       with warnings.catch_warnings():
         warnings.simplefilter("ignore", SyntaxWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # invalid escapes in old sources
-        if config == "code":
-          ast.parse(source)  # same file set as 'docs': sources that parse
-          text = source
-        else:
-          text = pyextract.prose(source, pyextract.module_name(rel))
+        result = extract(source, rel)
     except (SyntaxError, UnicodeDecodeError, ValueError):
       continue
+    yield rel, result
+
+
+def _code(source: str, rel: str) -> str:
+  del rel
+  ast.parse(source)  # same file set as 'docs': sources that parse
+  return source
+
+
+def documents(config: str, root: pathlib.Path | None = None):
+  """Yields `(key, text)` for every document of a config ('docs' or 'code')."""
+  root = root or stdlib_root()
+  extract = _code if config == "code" else (
+      lambda source, rel: pyextract.prose(source, pyextract.module_name(rel)))
+  for rel, text in _each_file(root, extract):
     if text.strip():
       yield rel, text
   if config == "docs":
@@ -77,6 +94,21 @@ def documents(config: str, root: pathlib.Path | None = None):
 
     for name, text in sorted(pydoc_data.topics.topics.items()):
       yield f"pydoc_data/topics/{name}", text
+
+
+def pairs(root: pathlib.Path | None = None):
+  """Yields `(key, record)` for every summarize pair: `{"source", "target", "path"}`.
+
+  Keys are `path:line` of the `def`; files in sorted order, functions in source order.
+  """
+  def extract(source, rel):
+    return pyextract.summaries(source, pyextract.module_name(rel),
+                               max_source_chars=MAX_SOURCE_CHARS,
+                               min_target_words=MIN_TARGET_WORDS)
+
+  for rel, found in _each_file(root or stdlib_root(), extract):
+    for s in found:
+      yield f"{rel}:{s.lineno}", {"source": s.source, "target": s.target, "path": rel}
 
 
 class PythonStdlibConfig(tfds.core.BuilderConfig):
@@ -91,6 +123,10 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = [
       PythonStdlibConfig(name="docs", description="Docstrings, comments and pydoc topics."),
       PythonStdlibConfig(name="code", description="The .py sources."),
+      PythonStdlibConfig(
+          name="summarize",
+          description="Function code without its docstring -> the docstring's first sentence.",
+      ),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -99,17 +135,27 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
             f"Python {sys.version.split()[0]} standard library ({self.builder_config.name})."
         ),
         features=tfds.features.FeaturesDict(
-            {"text": tfds.features.Text(), "path": tfds.features.Text()}
+            {name: tfds.features.Text() for name in self._feature_names()}
         ),
         homepage="https://docs.python.org/3/library/",
     )
 
+  def _feature_names(self) -> tuple[str, ...]:
+    if self.builder_config.name == "summarize":
+      return ("source", "target", "path")
+    return ("text", "path")
+
   def _split_generators(self, dl_manager):
     del dl_manager
-    docs = list(documents(self.builder_config.name))  # extracted once for both splits
-    return {split: self._generate_examples(docs, split) for split in ("train", "validation")}
+    if self.builder_config.name == "summarize":
+      examples = list(pairs())  # extracted once for both splits
+    else:
+      examples = [(key, {"text": text, "path": key})
+                  for key, text in documents(self.builder_config.name)]
+    return {split: self._generate_examples(examples, split)
+            for split in ("train", "validation")}
 
-  def _generate_examples(self, docs, split: str):
-    for key, text in docs:
-      if split_of(key) == split:
-        yield key, {"text": text, "path": key}
+  def _generate_examples(self, examples, split: str):
+    for key, record in examples:
+      if split_of(record["path"]) == split:
+        yield key, record

@@ -8,7 +8,7 @@ from dlm import sharding
 from dlm.errors import DlmError
 from dlm.models.transformer import TransformerConfig
 
-FAMILIES = ("masked", "autoregressive")
+FAMILIES = ("masked", "continuous", "neodiff", "autoregressive")
 
 
 def transformer_config(config, vocab_size: int, **overrides) -> TransformerConfig:
@@ -40,6 +40,17 @@ def build(config, tokenizer, rngs: nnx.Rngs) -> nnx.Module:
         timesteps=d.timesteps, antithetic=d.antithetic,
     )
     return MaskedDiffusion(transformer_config(config, tokenizer.vocab_size), process, rngs)
+  if family == "continuous":
+    from dlm.models.continuous import ContinuousConfig, ContinuousDiffusion  # pylint: disable=g-import-not-at-top
+
+    return ContinuousDiffusion(transformer_config(config, tokenizer.vocab_size),
+                               ContinuousConfig(**config.continuous.to_dict(),
+                                                antithetic=config.diffusion.antithetic), rngs)
+  if family == "neodiff":
+    from dlm.models.neodiff import NeoDiff, NeoDiffConfig  # pylint: disable=g-import-not-at-top
+
+    return NeoDiff(transformer_config(config, tokenizer.vocab_size),
+                   NeoDiffConfig(**config.neodiff.to_dict()), rngs)
   if family == "autoregressive":
     from dlm.models.autoregressive import AutoRegressive  # pylint: disable=g-import-not-at-top
 

@@ -16,6 +16,7 @@ from dlm.models.transformer import Transformer, TransformerConfig
 
 
 class AutoRegressive(nnx.Module):
+  family = "autoregressive"
 
   def __init__(self, net_cfg: TransformerConfig, rngs: nnx.Rngs):
     self.net = Transformer(
@@ -26,11 +27,13 @@ class AutoRegressive(nnx.Module):
     return dict(batch)
 
   def token_nll(self, batch, *, rng=None):
-    """-log p(x_l | x_<l) for every position that has a predecessor in its document, shape
-    (batch, length) with zeros elsewhere, and that position mask."""
+    """-log p(x_l | x_<l) for every position that has a predecessor in its document and is not
+    `given` (a pair's source), shape (batch, length) with zeros elsewhere, and that mask."""
     x, seg = batch["tokens"], batch["segment_ids"]
     logits = self.net(x, None, seg, batch["positions"], rng=rng)[:, :-1]
     scored = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
+    if "given" in batch:  # conditional pairs: only the target is scored
+      scored &= ~batch["given"][:, 1:].astype(bool)
     picked = jnp.take_along_axis(logits, x[:, 1:, None], axis=-1)[..., 0]
     nll = jnp.where(scored, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
     pad = jnp.zeros((x.shape[0], 1), nll.dtype)

@@ -7,12 +7,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm.models.embedding_diffusion import given_mask
 from dlm.models.transformer import Transformer, TransformerConfig
 from dlm.processes.masked import MaskedProcess
 
 
 class MaskedDiffusion(nnx.Module):
   """`loss` gives the NELBO; samplers use `log_probs` (zero-masking and carry-over)."""
+  family = "masked"
 
   def __init__(self, net_cfg: TransformerConfig, process: MaskedProcess, rngs: nnx.Rngs):
     self.net = Transformer(net_cfg, rngs)
@@ -28,12 +30,15 @@ class MaskedDiffusion(nnx.Module):
     return self.process.log_probs(self.logits(z, t, segment_ids, positions), z)
 
   def corrupt(self, batch, rng):
-    """Forward process on a batch: one time per sequence, tokens masked with prob 1 - alpha."""
+    """Forward process on a batch: one time per sequence, tokens masked with prob 1 - alpha.
+    Padding and `given` tokens (a pair's source) are never noised nor scored; given tokens
+    have time 0."""
     x = batch["tokens"]
-    maskable = batch["segment_ids"] > 0  # padding is never noised nor scored
+    given = given_mask(batch)
+    maskable = (batch["segment_ids"] > 0) & ~given
     rng_t, rng_mask = jax.random.split(rng)
     t = self.process.sample_time(rng_t, x.shape[0])
-    t = jnp.broadcast_to(t[:, None], x.shape)
+    t = jnp.where(given, 0.0, t[:, None])
     z = self.process.forward_sample(rng_mask, x, t, maskable)
     return {**batch, "z": z, "t": t, "maskable": maskable}
 

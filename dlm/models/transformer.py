@@ -48,6 +48,8 @@ class TransformerConfig:
   scan_layers: bool = False
   attention_impl: str = "xla"  # "xla" | "cudnn" (GPU flash attention) | "auto"
   rules: tuple = ()  # logical-axis rules for activation sharding constraints
+  token_inputs: bool = True  # False: the caller passes input vectors (continuous families)
+  out_features: int = 0  # output head width; 0 = vocab_size (logits)
 
   @property
   def head_dim(self) -> int:
@@ -142,7 +144,10 @@ class Transformer(nnx.Module):
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
     d = cfg.width
-    self.embed = param(rngs, _init(0.02), (cfg.vocab_size, d), ("vocab", "embed"))
+    if cfg.token_inputs:
+      self.embed = param(rngs, _init(0.02), (cfg.vocab_size, d), ("vocab", "embed"))
+    elif cfg.tie_embeddings:
+      raise ValueError("tie_embeddings needs token inputs")
     if cfg.conditioned:
       self.time_in = param(rngs, _init(0.02), (256, cfg.cond_width), ("freq", "cond"))
       self.time_hidden = param(rngs, _init(0.02), (cfg.cond_width, cfg.cond_width),
@@ -161,8 +166,15 @@ class Transformer(nnx.Module):
     self.norm_out = RMSNorm(d, rngs)
     if not cfg.tie_embeddings:
       head_init = _init(cfg.head_init_std) if cfg.head_init_std else nnx.initializers.zeros
-      self.unembed = param(rngs, head_init, (d, cfg.vocab_size), ("embed", "vocab"))
-    self.unembed_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",))
+      out_axis = None if cfg.out_features else "vocab"
+      self.unembed = param(rngs, head_init, (d, self.out_features), ("embed", out_axis))
+      self.unembed_bias = param(rngs, nnx.initializers.zeros, (self.out_features,), (out_axis,))
+    else:
+      self.unembed_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",))
+
+  @property
+  def out_features(self) -> int:
+    return self.cfg.out_features or self.cfg.vocab_size
 
   def time_embedding(self, t: jax.Array) -> jax.Array:
     dt = jnp.dtype(self.cfg.dtype)
@@ -171,18 +183,25 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None,
                return_hidden: bool = False):
+    """`tokens` are ids (batch, length), or with `token_inputs=False` input vectors
+    (batch, length, width)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
-    chex.assert_rank(tokens, 2)
-    batch, length = tokens.shape
+    chex.assert_rank(tokens, 2 if cfg.token_inputs else 3)
+    batch, length = tokens.shape[:2]
     if segment_ids is None:
-      segment_ids = jnp.ones_like(tokens)
+      segment_ids = jnp.ones((batch, length), jnp.int32)
     if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length), tokens.shape)
-    chex.assert_equal_shape((tokens, segment_ids, positions))
-    # FSDP: gather the table's embed dimension before the lookup (vocab stays split).
-    table = constrain(self.embed[...], ("vocab", None), cfg.rules)
-    x = jnp.take(table, tokens, axis=0).astype(dt)
+      positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    chex.assert_equal_shape((tokens[..., 0] if tokens.ndim == 3 else tokens, segment_ids,
+                             positions))
+    if cfg.token_inputs:
+      # FSDP: gather the table's embed dimension before the lookup (vocab stays split).
+      table = constrain(self.embed[...], ("vocab", None), cfg.rules)
+      x = jnp.take(table, tokens, axis=0).astype(dt)
+    else:
+      chex.assert_shape(tokens, (batch, length, cfg.width))
+      x = tokens.astype(dt)
     x = constrain(x, ("batch", "length", "embed"), cfg.rules)
     c = None
     if cfg.conditioned:
@@ -219,5 +238,6 @@ class Transformer(nnx.Module):
     else:
       unembed = self.unembed[...]
     logits = (h @ unembed.astype(dt)).astype(jnp.float32) + self.unembed_bias[...]
-    logits = constrain(logits, ("batch", "length", "vocab"), cfg.rules)
+    logits = constrain(logits, ("batch", "length", None if cfg.out_features else "vocab"),
+                       cfg.rules)
     return (logits, h) if return_hidden else logits

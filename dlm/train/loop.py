@@ -21,6 +21,7 @@ from dlm import config as config_lib
 from dlm import models, sharding
 from dlm.data import inputs
 from dlm.errors import DlmError
+from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
 from dlm.train import optimizer as optim
 from dlm.train import state as state_lib
@@ -81,26 +82,46 @@ class Evaluator:
     self.unigram_bits = None
 
   def _load(self):
+    """Reads the split once. With several processes, each reads its documents; those with
+    fewer batches add empty ones (segment id 0: no tokens) so that all run the same number of
+    eval steps, and the unigram counts are summed over processes."""
     it = inputs.eval_iterator(self.config, self.tokenizer, self.mesh)
     limit = self.config.train.eval_batches or math.inf
-    batches, counts = [], np.zeros(self.tokenizer.vocab_size, np.int64)
+    local_batches, counts = [], np.zeros(self.tokenizer.vocab_size, np.int64)
     try:
-      while len(batches) < limit:
+      while len(local_batches) < limit:
         local = it.next_local()
         real = local["segment_ids"] > 0
         counts += np.bincount(local["tokens"][real], minlength=len(counts))
-        batches.append({k: jax.make_array_from_process_local_data(it.sharding, v)
-                        for k, v in local.items()})
+        local_batches.append(local)
     except StopIteration:
       pass
     finally:
       it.close()
-    if not batches:
+    n = len(local_batches)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+      n = int(np.max(multihost_utils.process_allgather(np.int32(n))))
+      high, low = (np.asarray(multihost_utils.process_allgather(part)).sum(axis=0)
+                   for part in ((counts >> 30).astype(np.int32),
+                                (counts & (2**30 - 1)).astype(np.int32)))
+      counts = (high.astype(np.int64) << 30) + low  # exact int64 sums (no x64 in jax)
+    if not n:
       raise DlmError(f"empty dataset: evaluation split {self.config.data.eval_split!r} "
                      "gives no batches")
+    rows = self.config.train.batch_size // jax.process_count()
+    empty = {"tokens": np.full((rows, self.config.data.seq_len), self.tokenizer.pad_id,
+                               np.int32)}
+    empty.update(segment_ids=np.zeros_like(empty["tokens"]),
+                 positions=np.zeros_like(empty["tokens"]),
+                 given=np.zeros(empty["tokens"].shape, bool))
+    local_batches += [{k: empty[k] for k in (local_batches or [empty])[0]}] * (
+        n - len(local_batches))
+    self._batches = [{k: jax.make_array_from_process_local_data(it.sharding, v)
+                      for k, v in local.items()} for local in local_batches]
     p = counts[counts > 0] / counts.sum()
-    self.unigram_bits = float(-(p * np.log2(p)).sum())  # this process's tokens
-    self._batches = batches
+    self.unigram_bits = float(-(p * np.log2(p)).sum())
 
   def __call__(self, params) -> dict:
     if self._batches is None:
@@ -124,12 +145,16 @@ def train(config, workdir: str) -> dict:
   tokenizer = inputs.load_tokenizer(config.data)
   tx, lr_schedule = optim.optimizer(t)
   model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
-  train_it = inputs.train_iterator(config, tokenizer, mesh)
+  saved = ckpts.data_position(latest) if latest is not None else None
+  train_it = batches.train_batches(config, tokenizer, mesh, saved)
   if latest is not None:
     graphdef, abstract_state, shardings = state_lib.create_abstract(
         model_fn, tx, mesh, rules, t.seed)
     _check_compatible(ckpts, latest, tokenizer, abstract_state.params, workdir)
     state = ckpts.restore(latest, state_lib.abstract(abstract_state, shardings), train_it)
+    train_it.batches = int(jax.device_get(state.step))  # one batch per step
+    if saved is not None and jax.process_index() == 0:
+      print(batches.describe_resume(saved, train_it), file=sys.stderr)
   else:
     graphdef, state, shardings = state_lib.create(model_fn, tx, mesh, rules, t.seed)
   start = int(jax.device_get(state.step))
@@ -200,6 +225,17 @@ def train(config, workdir: str) -> dict:
     with jax.set_mesh(mesh):
       last_eval = evaluate(step)
   return {"step": step, **last_eval}
+
+
+def read_config(workdir: str, step: int | None = None):
+  """The config stored with a workdir's checkpoint (the latest unless `step`)."""
+  ckpts = ckpt_lib.Checkpoints(workdir, read_only=True, async_save=False)
+  steps = ckpts.manager.all_steps()
+  if not steps:
+    raise DlmError(f"no checkpoint in {workdir!r}")
+  config = ckpts.read_config(max(steps) if step is None else step)
+  ckpts.close()
+  return config
 
 
 def restore_for_sampling(workdir: str, which: str = "ema", step: int | None = None, mesh=None):

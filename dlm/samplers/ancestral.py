@@ -1,0 +1,113 @@
+"""Ancestral sampling of masked diffusion (MD4 §4, MDLM eq. 6), plain and cached.
+
+From time t to s < t a masked token is revealed with probability
+(alpha(s) - alpha(t)) / (1 - alpha(t)), its value drawn from the denoiser's x_0 distribution at
+z_t; revealed tokens never change. Whether a token is revealed at a step does not depend on
+the model, so each token's reveal step can be drawn up front: a token still masked at t = 1 is
+still masked after the step ending at s with probability (1 - alpha(s)) / (1 - alpha(1)).
+
+`ancestral` calls the denoiser at every step (NFE = steps). `ancestral_cache` calls it only at
+the steps where a sequence reveals something: between two such steps z does not change, so the
+denoiser's output is the one it would have given (MDLM's `ddpm_cache`, made per sequence and
+exact: each sequence jumps to its own next reveal step, at that step's time). Both draw the
+tokens from the same pre-drawn uniforms, so for one RNG key they return the same samples.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from dlm.processes.schedules import MaskingSchedule
+from dlm.samplers import filtering
+from dlm.samplers.core import (Canvas, Denoiser, SamplerConfig, Samples, block_plan,
+                               block_times, guided, zero_masking)
+
+
+def time_grid(i, n: int, grid: str):
+  """Time before local step i of n (1 at i = 0, 0 at i = n); md4's uniform or cosine grid."""
+  frac = jnp.asarray(i, jnp.float32) / n
+  if grid == "cosine":
+    return jnp.cos(math.pi / 2.0 * frac)
+  return 1.0 - frac
+
+
+def reveal_steps(schedule: MaskingSchedule, u: jax.Array, n: int, grid: str) -> jax.Array:
+  """Local step (0..n-1) at which a token masked at t = 1 is revealed, from a uniform u."""
+  after = time_grid(jnp.arange(1, n + 1), n, grid)  # time after each step
+  a1 = schedule.alpha(jnp.ones(()))
+  revealed_by = (schedule.alpha(after) - a1) / (1.0 - a1)  # P(revealed by end of step k)
+  revealed_by = revealed_by.at[-1].set(jnp.inf)  # the last step reveals whatever is left
+  return jnp.sum(u[..., None] >= revealed_by, axis=-1).astype(jnp.int32)
+
+
+def _setup(schedule, cfg, rng, canvas):
+  batch, length = canvas.tokens.shape
+  blocks, block_len, per_block = block_plan(length, cfg)
+  block_of = jnp.arange(length) // block_len
+  k_reveal, k_draw = jax.random.split(rng)
+  u_reveal = jax.random.uniform(k_reveal, (batch, length))
+  u_draw = jax.random.uniform(k_draw, (batch, length),
+                              jnp.float64 if cfg.float64 else jnp.float32)
+  step = block_of * per_block + reveal_steps(schedule, u_reveal, per_block, cfg.grid)
+  return blocks, per_block, block_of, u_draw, step
+
+
+def _draw(logits, u_draw, cfg, mask_id):
+  logits = filtering.process(zero_masking(logits, mask_id), cfg.temperature, cfg.top_k,
+                             cfg.top_p)
+  return filtering.inverse_cdf(logits, u_draw, cfg.temperature, float64=cfg.float64)
+
+
+def ancestral(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
+              canvas: Canvas, mask_id: int) -> Samples:
+  blocks, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
+  denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
+  generate = ~canvas.given
+
+  def body(j, state):
+    z, nfe, revealed_at = state
+    t = time_grid(j % per_block, per_block, cfg.grid)
+    logits = denoise(z, block_times(t, block_of, j // per_block, canvas.given))
+    x = _draw(logits, u_draw, cfg, mask_id)
+    reveal = generate & (step == j) & (z == mask_id)
+    return (jnp.where(reveal, x, z), nfe + passes, jnp.where(reveal, j, revealed_at))
+
+  batch = canvas.tokens.shape[0]
+  init = (canvas.tokens, jnp.zeros((batch,), jnp.int32),
+          jnp.full(canvas.tokens.shape, -1, jnp.int32))
+  z, nfe, revealed_at = jax.lax.fori_loop(0, blocks * per_block, body, init)
+  return Samples(z, nfe, revealed_at)
+
+
+def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
+                    canvas: Canvas, mask_id: int) -> Samples:
+  blocks, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
+  denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
+  generate = ~canvas.given
+  total = blocks * per_block
+
+  def next_step(z):
+    pending = generate & (z == mask_id)
+    return jnp.min(jnp.where(pending, step, total), axis=1)  # (batch,); total when done
+
+  def cond(state):
+    return jnp.any(next_step(state[0]) < total)
+
+  def body(state):
+    z, nfe, revealed_at = state
+    j = next_step(z)[:, None]  # each sequence at its own next reveal step
+    active = j[:, 0] < total
+    t = time_grid(j % per_block, per_block, cfg.grid)
+    logits = denoise(z, block_times(t, block_of[None, :], j // per_block, canvas.given))
+    x = _draw(logits, u_draw, cfg, mask_id)
+    reveal = generate & (step == j) & (z == mask_id)
+    return (jnp.where(reveal, x, z), nfe + passes * active, jnp.where(reveal, j, revealed_at))
+
+  batch = canvas.tokens.shape[0]
+  init = (canvas.tokens, jnp.zeros((batch,), jnp.int32),
+          jnp.full(canvas.tokens.shape, -1, jnp.int32))
+  z, nfe, revealed_at = jax.lax.while_loop(cond, body, init)
+  return Samples(z, nfe, revealed_at)

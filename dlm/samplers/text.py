@@ -1,0 +1,151 @@
+"""From text to canvases and from samples back to text: prompts, infilling templates, eos."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dlm import samplers
+from dlm import sharding
+from dlm.errors import DlmError
+from dlm.samplers.core import Canvas, SamplerConfig
+
+_SPAN = re.compile(r"\[MASK(?:\*(\d+))?\]")
+
+
+def infill_template(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
+  """`The [MASK*3] sat on the [MASK] mat` -> token ids and a given-mask: each `[MASK]` is one
+  token to fill, `[MASK*n]` is n; the text around them is given and never changes."""
+  ids, given, last = [], [], 0
+  for m in _SPAN.finditer(text):
+    piece = tokenizer.encode(text[last:m.start()]).tolist() if m.start() > last else []
+    n = int(m.group(1) or 1)
+    ids += piece + [tokenizer.mask_id] * n
+    given += [True] * len(piece) + [False] * n
+    last = m.end()
+  if last == 0:
+    raise DlmError("--infill text has no [MASK] or [MASK*n] span to fill")
+  tail = tokenizer.encode(text[last:]).tolist() if last < len(text) else []
+  ids += tail
+  given += [True] * len(tail)
+  return np.asarray(ids, np.int32), np.asarray(given, bool)
+
+
+def prompt_template(tokenizer, prompt: str, length: int, add_bos: bool):
+  ids = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(prompt).tolist()
+  if len(ids) >= length:
+    raise DlmError(f"the prompt has {len(ids)} tokens but the model's length is {length}: "
+                   "nothing is left to generate")
+  tokens = np.full((length,), tokenizer.mask_id, np.int32)
+  tokens[:len(ids)] = ids
+  given = np.zeros((length,), bool)
+  given[:len(ids)] = True
+  return tokens, given
+
+
+def stop_ids(tokenizer) -> set[int]:
+  return {tokenizer.eos_id, tokenizer.pad_id, *tokenizer.reserved_pad_ids}
+
+
+def cut(ids, given, tokenizer) -> list[int]:
+  """Tokens up to the first generated eos (or pad): variable-length output."""
+  stops = stop_ids(tokenizer)
+  out = []
+  for token, is_given in zip(np.asarray(ids).tolist(), np.asarray(given).tolist()):
+    if not is_given and token in stops:
+      break
+    out.append(token)
+  return out
+
+
+def data_mesh(batch: int):
+  """A data-parallel mesh over as many devices as evenly split the batch."""
+  n = max(d for d in range(1, jax.device_count() + 1) if batch % d == 0)
+  return sharding.make_mesh((n, 1, 1), jax.devices()[:n])
+
+
+def canvas_template(tokenizer, family: str, *, length: int, prompt: str | None = None,
+                    infill: str | None = None, source: str | None = None, source_len: int = 0,
+                    add_bos: bool = False, max_length: int | None = None):
+  """(tokens, given) of one canvas: a prompt, an infilling template, a pair's source (the
+  conditional tasks' `[bos] source [eos]` prefix), or nothing."""
+  if sum(x is not None and x != "" for x in (prompt, infill, source)) > 1:
+    raise DlmError("give one of --prompt, --infill and --source")
+  if infill:
+    tokens, given = infill_template(tokenizer, infill)
+    if max_length is not None and len(tokens) > max_length:
+      raise DlmError(f"the infill template has {len(tokens)} tokens but the model's length "
+                     f"is {max_length}")
+  elif prompt:
+    tokens, given = prompt_template(tokenizer, prompt, length, add_bos)
+  elif source is not None:
+    from dlm.data import pipeline  # pylint: disable=g-import-not-at-top
+
+    tokens, given = pipeline.pair_prompt(tokenizer, source, length, source_len)
+  else:
+    tokens = np.full((length,), tokenizer.mask_id, np.int32)
+    given = np.zeros((length,), bool)
+    if add_bos:
+      tokens[0], given[0] = tokenizer.bos_id, True
+  if family == "autoregressive" and not given[0]:
+    from dlm.samplers.autoregressive import start_token  # pylint: disable=g-import-not-at-top
+
+    tokens[0], given[0] = start_token(tokenizer, add_bos), True
+  return tokens, given
+
+
+def sample(model, tokenizer, cfg: SamplerConfig, *, num_samples: int, length: int,
+           prompt: str | None = None, infill: str | None = None, source: str | None = None,
+           source_len: int = 0, add_bos: bool = False, seed: int = 0, batch_size: int = 0,
+           max_length: int | None = None, mesh=None, times=None) -> list[dict]:
+  """Generates `num_samples` sequences (`batch_size` at a time, on `mesh`, where the model's
+  parameters live); returns one dict per sample (text, tokens, nfe, ...)."""
+  family = samplers.family_of(model)
+  row = canvas_template(tokenizer, family, length=length, prompt=prompt, infill=infill,
+                        source=source, source_len=source_len, add_bos=add_bos,
+                        max_length=max_length)
+  return fill(model, tokenizer, cfg, [row] * num_samples, seed=seed, batch_size=batch_size,
+              mesh=mesh, times=times)
+
+
+def fill(model, tokenizer, cfg: SamplerConfig, rows, *, seed: int = 0, batch_size: int = 0,
+         mesh=None, times=None) -> list[dict]:
+  """Samples every canvas row `(tokens, given)` (all of one length), `batch_size` at a time.
+  Each result has `text` (given and generated, to the first generated eos), `generated` (the
+  generated tokens only, to that eos), the raw tokens, the reveal steps and the NFE."""
+  if not rows:
+    return []
+  length = len(rows[0][0])
+  samplers.check(cfg, length, samplers.family_of(model))
+  batch_size = min(batch_size or len(rows), len(rows))
+  mesh = mesh or data_mesh(batch_size)
+  batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), (("batch", "data"),))
+  results = []
+  rng = jax.random.PRNGKey(seed)
+  with jax.set_mesh(mesh):
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start:start + batch_size]
+      n = len(chunk)
+      chunk = chunk + [chunk[-1]] * (batch_size - n)  # one compiled shape
+      tokens = np.stack([np.asarray(r[0], np.int32) for r in chunk])
+      given = np.stack([np.asarray(r[1], bool) for r in chunk])
+      canvas = Canvas(jax.device_put(tokens, batch_sharding),
+                      jax.device_put(given, batch_sharding))
+      out = samplers.generate(model, cfg, jax.random.fold_in(rng, start), canvas, times)
+      out = jax.device_get(out)
+      for b in range(n):
+        ids = cut(out.tokens[b], given[b], tokenizer)
+        generated = [tok for tok, g in zip(ids, given[b]) if not g]  # ids: a row prefix
+        results.append({
+            "text": tokenizer.decode(ids, skip_special_tokens=True),
+            "generated": tokenizer.decode(generated, skip_special_tokens=True),
+            "tokens": ids,
+            "full_tokens": out.tokens[b].tolist(),
+            "given": given[b].tolist(),
+            "revealed_at": out.revealed_at[b].tolist(),
+            "nfe": int(out.nfe[b]),
+        })
+  return results

@@ -1,0 +1,153 @@
+"""Continuous and NeoDiff families, and conditioning (given tokens) in every family: losses,
+training that lowers the loss, sampling that keeps given tokens, checkpoints through sample.py."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm import config as config_lib
+from dlm import models, samplers, sharding
+from dlm.data import inputs
+from dlm.samplers import Canvas, SamplerConfig
+from dlm.train import optimizer as optim
+from dlm.train import state as state_lib
+from dlm.train import step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = {
+    "model.width": 32, "model.depth": 2, "model.heads": 2, "model.cond_width": 16,
+    "data.seq_len": 32, "train.batch_size": 8, "train.warmup_steps": 2, "train.lr": 3e-3,
+    "train.progress": False, "train.eval_batches": 1,
+}
+
+
+def _config(quickstart, name, **extra):
+  return config_lib.from_file(str(ROOT / "configs" / name),
+                              **{"data.data_dir": quickstart.data.data_dir, **TINY, **extra})
+
+
+@pytest.fixture(scope="module", params=["continuous", "neodiff"])
+def family(request, quickstart, tokenizer):
+  """A tiny model of each continuous family, trained a few dozen steps on the quickstart data:
+  (config, model, losses)."""
+  extra = {"continuous.embed_dim": 16} if request.param == "continuous" else {
+      "neodiff.embed_dim": 16}
+  config = _config(quickstart, f"{request.param}.py", **extra)
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  tx, lr = optim.optimizer(config.train)
+  graphdef, state, shardings = state_lib.create(
+      lambda r: models.build(config, tokenizer, r), tx, mesh, config.mesh.rules, 0)
+  it = inputs.train_iterator(config, tokenizer, mesh)
+  step = step_lib.make_train_step(graphdef, tx, lr, config.train, shardings, it.sharding)
+  losses = []
+  with jax.set_mesh(mesh):
+    for _ in range(40):
+      state, m = step(state, next(it))
+      losses.append(float(m["loss"]))
+  it.close()
+  from flax import nnx
+
+  return config, nnx.merge(graphdef, state.params), losses
+
+
+def test_training_lowers_the_loss(family):
+  _, _, losses = family
+  assert np.all(np.isfinite(losses))
+  assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def _canvas(tokenizer, batch=2, length=32, given_upto=10):
+  rng = np.random.default_rng(0)
+  tokens = np.full((batch, length), tokenizer.mask_id, np.int32)
+  given = np.zeros((batch, length), bool)
+  tokens[:, :given_upto] = rng.integers(300, 1000, (batch, given_upto))
+  given[:, :given_upto] = True
+  tokens[:, -3:] = rng.integers(300, 1000, (batch, 3))  # a given suffix: infilling
+  given[:, -3:] = True
+  return Canvas(jnp.asarray(tokens), jnp.asarray(given))
+
+
+def _batch(canvas, fill: int):
+  """A training batch from a canvas: given tokens kept, every other token `fill`."""
+  return {"tokens": jnp.where(canvas.given, canvas.tokens, fill),
+          "segment_ids": jnp.ones_like(canvas.tokens),
+          "positions": jnp.broadcast_to(jnp.arange(canvas.tokens.shape[1]),
+                                        canvas.tokens.shape),
+          "given": canvas.given}
+
+
+def test_sampling_keeps_given_tokens(family, tokenizer):
+  config, model, _ = family
+  canvas = _canvas(tokenizer)
+  for name in samplers.FAMILY_SAMPLERS[config.model.family]:
+    out = samplers.generate(model, SamplerConfig(name=name, steps=6), jax.random.PRNGKey(0),
+                            canvas)
+    tokens = np.asarray(out.tokens)
+    assert tokens.shape == canvas.tokens.shape
+    given = np.asarray(canvas.given)
+    np.testing.assert_array_equal(tokens[given], np.asarray(canvas.tokens)[given])
+    assert (tokens[~given] != tokenizer.mask_id).all()
+    np.testing.assert_array_equal(np.asarray(out.nfe), 6)
+
+
+def test_given_tokens_are_clean_and_unscored(family, tokenizer):
+  """Time 0 and no loss on given tokens: changing them changes nothing but the context."""
+  config, model, _ = family
+  canvas = _canvas(tokenizer)
+  batch = _batch(canvas, 500)
+  noisy = model.corrupt(batch, jax.random.PRNGKey(1))
+  t = noisy["t"] if "t" in noisy else noisy["tau"]
+  assert (np.asarray(t)[np.asarray(canvas.given)] == 0).all()
+  _, metrics = model.loss(noisy, rng=jax.random.PRNGKey(2), train=False)
+  assert int(metrics["tokens"]) == int((~canvas.given).sum())
+
+
+def test_unknown_sampler_for_family_is_a_clear_error(family, tokenizer):
+  from dlm.errors import DlmError
+
+  _, model, _ = family
+  with pytest.raises(DlmError, match="does not sample"):
+    samplers.generate(model, SamplerConfig(name="ancestral", steps=4), jax.random.PRNGKey(0),
+                      _canvas(tokenizer))
+
+
+def test_x0_loss_is_zero_for_a_denoiser_returning_the_clean_embeddings(family, tokenizer,
+                                                                       monkeypatch):
+  """The embedding (x_0) loss vanishes when the network returns e(x) exactly."""
+  config, model, _ = family
+  canvas = _canvas(tokenizer)
+  batch = _batch(canvas, 700)
+  clean = model.embedding(batch["tokens"])
+  if config.model.family == "neodiff":
+    monkeypatch.setattr(type(model), "x0", lambda self, *a, **k: clean)
+  else:  # x0_estimate(logits) is the CDCD expectation; make it the clean embedding
+    monkeypatch.setattr(type(model), "x0_estimate", lambda self, logits: clean)
+  noisy = model.corrupt(batch, jax.random.PRNGKey(3))
+  _, metrics = model.loss(noisy, rng=jax.random.PRNGKey(4), train=True)
+  assert float(metrics["mse"]) == 0.0
+  assert int(metrics["tokens"]) > 0
+
+
+@pytest.mark.parametrize("family_name", ["masked", "autoregressive"])
+def test_discrete_families_never_noise_or_score_given_tokens(family_name, quickstart,
+                                                             tokenizer):
+  config = _config(quickstart, "quickstart.py", **{"model.family": family_name})
+  model = models.build(config, tokenizer, __import__("flax").nnx.Rngs(0))
+  canvas = _canvas(tokenizer, batch=4)
+  batch = _batch(canvas, 600)
+  given = np.asarray(canvas.given)
+  for seed in range(5):
+    noisy = model.corrupt(batch, jax.random.PRNGKey(seed))
+    _, metrics = model.loss(noisy, train=False)
+    if family_name == "masked":
+      z = np.asarray(noisy["z"])
+      assert (z[given] == np.asarray(batch["tokens"])[given]).all()
+      assert (np.asarray(noisy["t"])[given] == 0).all()
+      assert int(metrics["tokens"]) == int((~given).sum())
+    else:  # next-token loss only where the target is not given
+      _, scored = model.token_nll(batch)
+      assert not np.asarray(scored)[given].any()
+      assert int(metrics["tokens"]) == int((~given[:, 1:]).sum())

@@ -1,0 +1,225 @@
+"""Samplers against exact answers: a toy denoiser that returns the exact conditionals of a known
+distribution over length-3 sequences."""
+
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dlm import samplers
+from dlm.processes.schedules import MaskingSchedule
+from dlm.samplers import filtering
+from dlm.samplers.core import Canvas, SamplerConfig, guided
+from toy_joint import CODES, LENGTH, MASK, conditional_table, joint
+
+SCHEDULE = MaskingSchedule("linear")
+# Chi-square critical value, 26 degrees of freedom, p = 0.001 (standard tables).
+CHI2_26_P001 = 54.05
+
+
+def _joint():
+  return joint(seed=1, concentration=1.0)
+
+
+def _exact_denoiser(seqs, p):
+  table = conditional_table(seqs, p, floor=-1e9)
+  return lambda z, t: table[(z * CODES).sum(axis=1)]
+
+
+def _chi2(samples, seqs, p):
+  index = {tuple(s): i for i, s in enumerate(seqs.tolist())}
+  counts = np.zeros(len(seqs))
+  for s in np.asarray(samples).tolist():
+    counts[index[tuple(s)]] += 1
+  expected = p * len(samples)
+  return float(((counts - expected) ** 2 / expected).sum())
+
+
+def _sample(denoise, cfg, n, seed=0, canvas=None):
+  canvas = canvas or samplers.blank_canvas(n, LENGTH, MASK)
+  fn = jax.jit(lambda rng, c: samplers.run(denoise, SCHEDULE, cfg, rng, c, MASK))
+  return fn(jax.random.PRNGKey(seed), canvas)
+
+
+@pytest.mark.parametrize("name, steps", [("random", 3), ("ancestral", 300),
+                                         ("ancestral_cache", 300)])
+def test_one_token_per_step_reproduces_the_joint(name, steps):
+  seqs, p = _joint()
+  out = _sample(_exact_denoiser(seqs, p), SamplerConfig(name=name, steps=steps), 20_000)
+  assert _chi2(out.tokens, seqs, p) < CHI2_26_P001
+
+
+def test_all_at_once_does_not_reproduce_the_joint():
+  """The test has power: one step samples the product of the marginals."""
+  seqs, p = _joint()
+  out = _sample(_exact_denoiser(seqs, p), SamplerConfig(name="ancestral", steps=1), 20_000)
+  assert _chi2(out.tokens, seqs, p) > 10 * CHI2_26_P001
+
+
+def _random_denoiser(vocab=11, length=24, time_weight=3.0):
+  """Logits depend on the visible tokens and on each token's time (so both must match)."""
+  w = jax.random.normal(jax.random.PRNGKey(7), (vocab + 1, length, vocab + 1))
+
+  def fn(z, t):
+    ctx = jnp.einsum("blv,vmw->bmw", jax.nn.one_hot(z, vocab + 1), w) / 4.0
+    return ctx + time_weight * t[..., None] * jnp.arange(vocab + 1) / vocab
+
+  return fn
+
+
+@pytest.mark.parametrize("block_length, grid, cfg_scale", [(0, "uniform", 0.0),
+                                                           (8, "cosine", 0.0),
+                                                           (12, "uniform", 1.5)])
+def test_cache_gives_identical_samples_with_fewer_calls(block_length, grid, cfg_scale):
+  vocab, length = 11, 24
+  denoise = _random_denoiser(vocab, length)
+  tokens = jnp.full((16, length), vocab, jnp.int32).at[:, 5].set(2)
+  canvas = Canvas(tokens, tokens != vocab)
+  outs = {}
+  for name in ("ancestral", "ancestral_cache"):
+    cfg = SamplerConfig(name=name, steps=96, block_length=block_length, grid=grid,
+                        cfg_scale=cfg_scale)
+    outs[name] = jax.jit(lambda r, c, cfg=cfg: samplers.run(denoise, SCHEDULE, cfg, r, c,
+                                                            vocab))(jax.random.PRNGKey(3),
+                                                                    canvas)
+  plain, cached = outs["ancestral"], outs["ancestral_cache"]
+  np.testing.assert_array_equal(plain.tokens, cached.tokens)
+  np.testing.assert_array_equal(plain.revealed_at, cached.revealed_at)
+  passes = 2 if cfg_scale else 1
+  assert (plain.nfe == 96 * passes).all()
+  # cached calls: exactly the distinct reveal steps of each sequence
+  distinct = [len(set(r[r >= 0].tolist())) for r in np.asarray(cached.revealed_at)]
+  np.testing.assert_array_equal(cached.nfe, passes * np.array(distinct))
+  assert (cached.nfe < plain.nfe).all()
+
+
+@pytest.mark.parametrize("name", ["ancestral", "ancestral_cache", "low_confidence", "random"])
+def test_top_k_one_equals_greedy(name):
+  # (Dream's orders score confidence on the filtered distribution, so there top-k = 1 changes
+  # the order, not the proposals: see test_dream_proposals_with_top_k_one.)
+  denoise = _random_denoiser()
+  canvas = samplers.blank_canvas(8, 24, 11)
+  run = lambda cfg: jax.jit(lambda r: samplers.run(denoise, SCHEDULE, cfg, r, canvas, 11))(
+      jax.random.PRNGKey(0))  # noqa: E731
+  top1 = run(SamplerConfig(name=name, steps=24, temperature=1.0, top_k=1))
+  greedy = run(SamplerConfig(name=name, steps=24, temperature=0.0))
+  np.testing.assert_array_equal(top1.tokens, greedy.tokens)
+  hot = run(SamplerConfig(name=name, steps=24, temperature=1.0))
+  assert (np.asarray(hot.tokens) != np.asarray(greedy.tokens)).any()
+
+
+@pytest.mark.parametrize("name", samplers.FAMILY_SAMPLERS["masked"])
+def test_semi_autoregressive_blocks_fill_in_order(name):
+  denoise = _random_denoiser()
+  canvas = samplers.blank_canvas(4, 24, 11)
+  out = jax.jit(lambda r: samplers.run(
+      denoise, SCHEDULE, SamplerConfig(name=name, steps=12, block_length=8), r, canvas, 11))(
+          jax.random.PRNGKey(1))
+  order = np.asarray(out.revealed_at).reshape(4, 3, 8)
+  assert (order[:, :-1].max(axis=2) < order[:, 1:].min(axis=2)).all()
+  assert (np.asarray(out.tokens) != 11).all()
+
+
+@pytest.mark.parametrize("name", samplers.FAMILY_SAMPLERS["masked"])
+def test_given_tokens_never_change(name):
+  denoise = _random_denoiser()
+  tokens = jnp.full((4, 24), 11, jnp.int32).at[:, :6].set(3).at[:, 15:18].set(7)
+  canvas = Canvas(tokens, tokens != 11)
+  out = jax.jit(lambda r: samplers.run(denoise, SCHEDULE, SamplerConfig(name=name, steps=8),
+                                       r, canvas, 11))(jax.random.PRNGKey(2))
+  got = np.asarray(out.tokens)
+  assert (got[:, :6] == 3).all() and (got[:, 15:18] == 7).all() and (got != 11).all()
+  assert (np.asarray(out.revealed_at)[np.asarray(canvas.given)] == -1).all()
+
+
+def test_confidence_samplers_reveal_the_scheduled_number_per_step():
+  denoise = _random_denoiser()
+  canvas = samplers.blank_canvas(3, 24, 11)
+  out = jax.jit(lambda r: samplers.run(
+      denoise, SCHEDULE, SamplerConfig(name="low_confidence", steps=5), r, canvas, 11))(
+          jax.random.PRNGKey(0))
+  per_step = np.stack([(np.asarray(out.revealed_at) == j).sum(axis=1) for j in range(5)], 1)
+  np.testing.assert_array_equal(per_step, [[5, 5, 5, 5, 4]] * 3)  # 24 = 5 + 5 + 5 + 5 + 4
+
+
+def test_classifier_free_guidance():
+  given = jnp.array([[True, False, False]])
+  seen = []
+
+  def denoise(z, t):  # cond when the prompt is visible, un when it is masked
+    visible = (z[:, :1] != MASK)[..., None]
+    seen.append(z)
+    return jnp.where(visible, 2.0, 0.5) * jnp.ones(z.shape + (4,))
+
+  fn, passes = guided(denoise, given, MASK, 1.5)
+  z = jnp.array([[1, MASK, MASK]])
+  np.testing.assert_allclose(fn(z, jnp.zeros((1, 3))), 0.5 + 2.5 * (2.0 - 0.5))
+  assert passes == 2 and int(seen[1][0, 0]) == MASK  # the unconditional pass masks the prompt
+  same, one = guided(denoise, given, MASK, 0.0)
+  assert same is denoise and one == 1
+  tokens = jnp.full((4, 24), 11, jnp.int32).at[:, :4].set(5)
+  canvas = Canvas(tokens, tokens != 11)
+  rdn = _random_denoiser()
+  run = lambda w: jax.jit(lambda r: samplers.run(  # noqa: E731
+      rdn, SCHEDULE, SamplerConfig(name="low_confidence", steps=8, cfg_scale=w), r, canvas,
+      11))(jax.random.PRNGKey(0))
+  assert (run(0.0).nfe == 8).all() and (run(2.0).nfe == 16).all()
+
+
+def test_filters():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  assert jnp.isinf(filtering.top_k_filter(logits, 2)[0, 2:]).all()
+  kept = jnp.isfinite(filtering.top_p_filter(logits, 0.7))[0].tolist()
+  assert kept == [True, True, False, False]  # 0.5 < 0.7 <= 0.8
+  assert jnp.isfinite(filtering.top_p_filter(logits, 0.1))[0].tolist() == [True, False, False,
+                                                                           False]
+  u = jax.random.uniform(jax.random.PRNGKey(0), (200_000,))
+  draws = filtering.inverse_cdf(jnp.broadcast_to(logits, (200_000, 4)), u, 1.0)
+  np.testing.assert_allclose(np.bincount(np.asarray(draws), minlength=4) / 200_000,
+                             [0.5, 0.3, 0.15, 0.05], atol=0.005)
+  g = filtering.gumbel_argmax(jnp.broadcast_to(logits, (200_000, 4)), jax.random.PRNGKey(1), 1.0)
+  np.testing.assert_allclose(np.bincount(np.asarray(g), minlength=4) / 200_000,
+                             [0.5, 0.3, 0.15, 0.05], atol=0.005)
+
+
+def test_bad_sampler_settings():
+  from dlm.errors import DlmError
+
+  with pytest.raises(DlmError, match="unknown sampler 'nope'"):
+    samplers.check(SamplerConfig(name="nope"), 24)
+  with pytest.raises(DlmError, match="block_length=5 does not divide"):
+    samplers.check(SamplerConfig(block_length=5), 24)
+  with pytest.raises(DlmError, match="multiple of the 3 blocks"):
+    samplers.check(SamplerConfig(block_length=8, steps=10), 24)
+
+
+def test_dream_proposals_with_top_k_one():
+  from dlm.samplers import confidence
+
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 9))
+  for order in ("maskgit_plus", "topk_margin", "entropy"):
+    x0, conf = confidence._proposal(order, logits, SamplerConfig(top_k=1), jax.random.PRNGKey(1))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(x0, jnp.argmax(logits, -1))
+    expected = {"maskgit_plus": 1.0, "topk_margin": 1.0, "entropy": 0.0}[order]
+    np.testing.assert_allclose(conf, expected, atol=1e-6)
+
+
+def test_float64_draws():
+  enable_x64 = jax.enable_x64
+
+  denoise = _random_denoiser()
+  canvas = samplers.blank_canvas(4, 24, 11)
+  with enable_x64():
+    cfg = SamplerConfig(name="ancestral", steps=8, float64=True)
+    samplers.check(cfg, 24)
+    out = jax.jit(lambda r: samplers.run(denoise, SCHEDULE, cfg, r, canvas, 11))(
+        jax.random.PRNGKey(0))
+    assert (np.asarray(out.tokens) < 11).all()
+    low = SamplerConfig(name="low_confidence", steps=8, float64=True)
+    out = jax.jit(lambda r: samplers.run(denoise, SCHEDULE, low, r, canvas, 11))(
+        jax.random.PRNGKey(0))
+    assert (np.asarray(out.tokens) < 11).all()
+  from dlm.errors import DlmError
+  with pytest.raises(DlmError, match="jax_enable_x64"):
+    samplers.check(SamplerConfig(float64=True), 24)
