@@ -55,8 +55,7 @@ def show(row) -> None:
 def bleu_rows(workdirs) -> list[str]:
   config = loop.read_config(workdirs["neodiff"])
   pairs = evaluate.validation_pairs(config, FLAGS.num_pairs, offset=FLAGS.bo_pairs)
-  table = {}
-  schedules = {}
+  table, schedules, rows = {}, {}, []
   for steps in (10, 20):
     r = neodiff_schedule.optimise(workdirs["neodiff"], steps, num_pairs=FLAGS.bo_pairs,
                                   iterations=FLAGS.bo_iterations)
@@ -72,13 +71,14 @@ def bleu_rows(workdirs) -> list[str]:
       cfg = samplers.SamplerConfig(name=name, steps=steps, temperature=0.0)
       r = _pair_eval(workdirs[family], cfg, pairs, times)
       show({"bench": "summarize_bleu", "model": label, **r})
+      rows.append(r)
       table.setdefault(label, {})[steps] = r["bleu"]
   cfg = samplers.SamplerConfig(name="autoregressive", steps=1, temperature=0.0)
   r = _pair_eval(workdirs["autoregressive"], cfg, pairs, None)
   show({"bench": "summarize_bleu", "model": "autoregressive", **r})
-  step = loop.read_config(workdirs["masked"]).train.steps
-  lines = [f"Code summarisation BLEU (sacrebleu, {len(pairs)} held-out validation pairs; every "
-           f"model {step} training steps, quickstart size):", "",
+  steps_trained = sorted({row["step"] for row in rows} | {r["step"]})
+  lines = [f"Code summarisation BLEU (sacrebleu, {len(pairs)} held-out validation pairs; "
+           f"checkpoints at step {'/'.join(map(str, steps_trained))}, quickstart size):", "",
            "| model | 10 steps | 20 steps |", "|---|---|---|"]
   for label, by_steps in table.items():
     lines.append(f"| {label} | {by_steps[10]:.2f} | {by_steps[20]:.2f} |")

@@ -196,7 +196,8 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
                    f"unconditional text ({config.data.dataset})")
   if num_pairs:
     result["pairs"] = pair_bleu(model, tokenizer, config, sampler,
-                                validation_pairs(config, num_pairs), seed=seed, times=times)
+                                validation_pairs(config, num_pairs), seed=seed, mesh=mesh,
+                                times=times)
   if num_samples and not pairs:
     start = time.perf_counter()
     out = sample_text.sample(model, tokenizer, sampler, num_samples=num_samples,

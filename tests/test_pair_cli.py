@@ -79,7 +79,8 @@ def test_source_on_an_unconditional_model_is_a_clear_error(quickstart, tmp_path)
   out = _run("sample.py", f"--workdir={tmp_path}", "--num_samples=2", "--steps=4",
              "--sampler=low_confidence")
   assert out.returncode == 2 and "does not sample continuous models" in out.stderr
-  _, tokenizer, model, _ = loop.restore_for_sampling(str(tmp_path))
+  mesh = text.data_mesh(2)
+  _, tokenizer, model, _ = loop.restore_for_sampling(str(tmp_path), mesh=mesh)
   rows = text.sample(model, tokenizer, samplers.SamplerConfig(name="ddim", steps=4),
-                     num_samples=2, length=32, prompt="Return the")
+                     num_samples=2, length=32, prompt="Return the", mesh=mesh)
   assert len(rows) == 2 and all(r["text"].startswith("Return the") for r in rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from dlm import samplers
@@ -121,7 +120,11 @@ def fill(model, tokenizer, cfg: SamplerConfig, rows, *, seed: int = 0, batch_siz
   length = len(rows[0][0])
   samplers.check(cfg, length, samplers.family_of(model))
   batch_size = min(batch_size or len(rows), len(rows))
-  mesh = mesh or data_mesh(batch_size)
+  if mesh is None:
+    mesh = data_mesh(batch_size)
+  else:  # the model's mesh: a batch of whole rows per data shard (short chunks are padded)
+    shards = mesh.shape["data"]
+    batch_size = -(-batch_size // shards) * shards
   batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), (("batch", "data"),))
   results = []
   rng = jax.random.PRNGKey(seed)
