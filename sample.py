@@ -93,7 +93,7 @@ def main(argv):
               "infill": FLAGS.infill, "source": FLAGS.source, "schedule": FLAGS.schedule}
   for i, r in enumerate(results):
     print(f"--- sample {i} (nfe {r['nfe']}) ---")
-    print(r["text"])
+    print(r["generated"] if FLAGS.source is not None else r["text"])  # pairs: the target
     if FLAGS.show_steps:
       pieces = render.token_strings(tokenizer, r["full_tokens"])
       for line in render.terminal_frames(pieces, r["revealed_at"], cfg.steps,
