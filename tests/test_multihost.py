@@ -20,6 +20,8 @@ from dlm.errors import DlmError
 from dlm.train import batches
 from dlm.train import loop
 
+import metrics_log  # noqa: E402  (tests/)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {  # as tests/test_train.py, with a constant rate so 20 + 20 steps = 40 steps
     "model.width": 32, "model.depth": 2, "model.heads": 2, "model.cond_width": 16,
@@ -76,15 +78,7 @@ def _last_eval(workdir):
     return [d for d in map(json.loads, f) if "eval/tokens" in d][-1]
 
 
-def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      d = json.loads(line)
-      if "train/loss" in d:
-        assert d["step"] not in out, f"step {d['step']} logged twice (only process 0 logs)"
-        out[d["step"]] = d["train/loss"]
-  return out
+_losses = metrics_log.losses
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Training: sharded step equivalence, exact accumulation, one compile, EMA, checkpoints across
 meshes, resume after SIGKILL and SIGTERM, and bad input."""
 
-import json
 import math
 import os
 import pathlib
@@ -26,6 +25,8 @@ from dlm.train import loop
 from dlm.train import optimizer as optim
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
+
+import metrics_log  # noqa: E402  (tests/)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {
@@ -196,14 +197,7 @@ def _train_cmd(workdir, data_dir, *extra):
           "--config.train.async_checkpoint=false", *extra]
 
 
-def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      d = json.loads(line)
-      if "train/loss" in d:
-        out[d["step"]] = d["train/loss"]
-  return out
+_losses = metrics_log.losses
 
 
 def _env():
