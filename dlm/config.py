@@ -135,6 +135,11 @@ def base_config() -> ConfigDict:
       keep_checkpoints=3,
       async_checkpoint=True,
       progress=True,  # progress bar on stderr
+      # Pretrained and frozen parameters (dlm/train/pretrained.py).
+      init_from="",  # a workdir whose checkpoint initialises the model (fine-tuning)
+      init_into="",  # where its parameters go in this model: '' = the root, e.g. 'base'
+      init_which="ema",  # 'ema' | 'params': which of its parameters
+      freeze="",  # regex over parameter paths ('a/b/kernel') that are never trained
   ))
   return config
 

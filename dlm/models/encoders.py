@@ -37,6 +37,7 @@ import numpy as np
 from flax import nnx
 
 from dlm.errors import DlmError
+from dlm.models.layers import Frozen  # noqa: F401  (re-exported)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -50,10 +51,6 @@ ACTIVATIONS = {
     "relu": jax.nn.relu,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class Frozen(nnx.Variable):
-  """A pretrained weight that is never trained (not an `nnx.Param`)."""
 
 
 @dataclasses.dataclass(frozen=True)

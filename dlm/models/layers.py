@@ -17,6 +17,10 @@ from flax import nnx
 from dlm import sharding
 
 
+class Frozen(nnx.Variable):
+  """A pretrained weight that is never trained (not an `nnx.Param`; see dlm/train/pretrained.py)."""
+
+
 def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
   """A float32 parameter carrying its logical axis names (sharded later by our rules)."""
   assert len(shape) == len(names), (shape, names)

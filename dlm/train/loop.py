@@ -24,6 +24,7 @@ from dlm.errors import DlmError
 from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
 from dlm.train import optimizer as optim
+from dlm.train import pretrained
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
 from dlm.train.metrics import MetricWriter
@@ -143,8 +144,11 @@ def train(config, workdir: str) -> dict:
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
   latest = ckpts.latest_step()
   tokenizer = inputs.load_tokenizer(config.data)
-  tx, lr_schedule = optim.optimizer(t)
   model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
+  abstract_model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(t.seed)))
+  frozen = pretrained.frozen_mask(abstract_model, nnx.to_pure_dict(nnx.state(abstract_model)),
+                                  t.freeze)
+  tx, lr_schedule = optim.optimizer(t, frozen)
   saved = ckpts.data_position(latest) if latest is not None else None
   train_it = batches.train_batches(config, tokenizer, mesh, saved)
   if latest is not None:
@@ -157,14 +161,21 @@ def train(config, workdir: str) -> dict:
       print(batches.describe_resume(saved, train_it), file=sys.stderr)
   else:
     graphdef, state, shardings = state_lib.create(model_fn, tx, mesh, rules, t.seed)
+    loaded = pretrained.values(abstract_model, config, tokenizer)
+    state = state.replace(params=pretrained.fill(state.params, loaded, shardings.params),
+                          ema=pretrained.fill(state.ema, loaded, shardings.ema))
   start = int(jax.device_get(state.step))
   writer = MetricWriter(workdir, resume_step=start)
-  step_fn = step_lib.make_train_step(graphdef, tx, lr_schedule, t, shardings, train_it.sharding)
+  step_fn = step_lib.make_train_step(graphdef, tx, lr_schedule, t, shardings, train_it.sharding,
+                                     frozen)
   evaluator = Evaluator(config, tokenizer, mesh,
                         step_lib.make_eval_step(graphdef, shardings.params, train_it.sharding))
   if jax.process_index() == 0:
     n = state_lib.count_params(state.params)
-    print(f"dlm: {config.model.family} model, {n / 1e6:.2f}M parameters, mesh "
+    n_frozen = sum(int(x.size) for x, f in zip(jax.tree.leaves(state.params),
+                                               jax.tree.leaves(frozen)) if f)
+    frozen_note = f" ({n_frozen / 1e6:.2f}M frozen)" if n_frozen else ""
+    print(f"dlm: {config.model.family} model, {n / 1e6:.2f}M parameters{frozen_note}, mesh "
           f"{dict(mesh.shape)}, {'resuming at step ' + str(start) if start else 'from scratch'}",
           file=sys.stderr)
   progress = None

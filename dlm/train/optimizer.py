@@ -18,11 +18,17 @@ def learning_rate(t) -> optax.Schedule:
   raise ValueError(f"unknown train.lr_schedule {t.lr_schedule!r}")
 
 
-def optimizer(t) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer of a `train` config section and its learning-rate schedule."""
+def optimizer(t, frozen=None) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer of a `train` config section and its learning-rate schedule. `frozen`: a
+  pytree of bools over the parameters (dlm/train/pretrained.py); those get no update and no
+  optimizer state."""
   schedule = learning_rate(t)
   parts = [optax.clip_by_global_norm(t.grad_clip)] if t.grad_clip > 0 else []
   parts.append(optax.adamw(
       schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay,
       mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)))
-  return optax.chain(*parts), schedule
+  tx = optax.chain(*parts)
+  if frozen is not None and any(jax.tree.leaves(frozen)):
+    labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx, schedule

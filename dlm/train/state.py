@@ -71,10 +71,11 @@ def param_shardings(abstract_params: dict, names: dict, mesh, rules) -> dict:
 
 def state_shardings(abstract_state: TrainState, p_shardings: dict, tx, mesh) -> TrainState:
   replicated = NamedSharding(mesh, PartitionSpec())
+  masked = optax.transforms.MaskedNode  # a frozen parameter's place (no moments)
   opt = optax.tree_map_params(
-      tx, lambda _, s: s, abstract_state.opt_state, p_shardings,
+      tx, lambda x, s: x if isinstance(x, masked) else s, abstract_state.opt_state, p_shardings,
       transform_non_params=lambda _: replicated,
-      is_leaf=lambda x: isinstance(x, NamedSharding))
+      is_leaf=lambda x: isinstance(x, (NamedSharding, masked)))
   return TrainState(step=replicated, params=p_shardings, opt_state=opt, ema=p_shardings,
                     rng=replicated)
 

@@ -48,12 +48,16 @@ def summarize(metrics: dict) -> dict:
 
 
 def make_train_step(graphdef, tx, lr_schedule, train_cfg, shardings: TrainState,
-                    batch_sharding: NamedSharding):
+                    batch_sharding: NamedSharding, frozen=None):
+  """`frozen`: a pytree of bools over the parameters; those get no gradient (their weight
+  gradients are never computed) and no update (the optimizer's `set_to_zero`)."""
   accum = train_cfg.grad_accum
   ema_decay = train_cfg.ema_decay
   replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
 
   def loss_fn(params, micro, rng):
+    if frozen is not None:
+      params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
     model = nnx.merge(graphdef, params)
     return model.loss(micro, rng=rng, train=True)
 
