@@ -36,6 +36,7 @@ flags.DEFINE_integer("top_k", 0, "Top-k filtering (0: off).")
 flags.DEFINE_float("top_p", 1.0, "Nucleus filtering (1: off).")
 flags.DEFINE_bool("float64", False, "Draw tokens in float64 (LLaDA's Gumbel precision).")
 flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance weight (prompted sampling).")
+flags.DEFINE_float("z_guidance", 1.0, "CCDD guidance w on the representation channel (1 = off).")
 flags.DEFINE_enum("grid", "uniform", ["uniform", "cosine"], "Ancestral time grid.")
 flags.DEFINE_string("prompt", None, "Text the samples continue.")
 flags.DEFINE_string("infill", None, "Text with [MASK] / [MASK*n] spans to fill.")
@@ -64,7 +65,8 @@ def main(argv):
     cfg = samplers.SamplerConfig(
         name=FLAGS.sampler or "", steps=FLAGS.steps, block_length=FLAGS.block_length,
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-        float64=FLAGS.float64, cfg_scale=FLAGS.cfg_scale, grid=FLAGS.grid)
+        float64=FLAGS.float64, cfg_scale=FLAGS.cfg_scale, grid=FLAGS.grid,
+        z_guidance=FLAGS.z_guidance)
     if FLAGS.sampler and cfg.name not in samplers.SAMPLERS:
       raise DlmError(f"unknown sampler {cfg.name!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     batch = min(FLAGS.batch_size or FLAGS.num_samples, FLAGS.num_samples)

@@ -113,6 +113,50 @@ def base_config() -> ConfigDict:
       tau_loss_weight=1.0,
   ))
 
+  # CCDD joint token + representation diffusion (dlm/models/ccdd.py, dlm/processes/gidd.py);
+  # the token channel also reads config.diffusion (schedule, eps, antithetic).
+  config.ccdd = ConfigDict(dict(
+      encoder="",  # HF encoder directory (config.json, model.safetensors); '' = all-MiniLM-L6-v2
+      encoder_arch="",  # filled at build: the encoder's config.json (checkpoints need no files)
+      encoder_dtype="float32",  # the frozen encoder's matmul dtype
+      latent_dim=32,  # channels of z
+      reduce="slice",  # 'slice' (first latent_dim standardised channels) | 'pca' (fitted)
+      pca_rows=256,  # training rows the PCA is fitted on
+      p_uniform=0.0,  # GIDD uniform-noise share (0 = MDLM masking)
+      gamma=1.0,  # GIDD: c_t = B (t (1 - t))^(gamma / 2)
+      async_time=False,  # z at its own uniform time instead of the tokens' t
+      p_r_min=0.0,  # representation masking: p_r ~ U[p_r_min, p_r_max] per batch zeroes z0
+      p_r_max=1.0,  # at masked tokens before noising (CCDD's released configs: U[0, 1])
+      p_drop_z=0.1,  # whole-sample dropout of z_t in training (for guidance)
+      p_drop_x=0.0,  # whole-sample dropout of x_t (all [MASK]) in training
+      z_weight=1.0,  # weight of the z MSE beside the token NELBO
+      z_weight_max=10.0,  # the MSE's time weight min(1 / (1 - t), z_weight_max)
+  ))
+
+  # Cosmos (dlm/models/cosmos.py): stage 1 `cosmos_ae` trains the autoencoder, stage 2
+  # `cosmos` the latent diffusion (config.model sizes its denoiser) on a stage-1 workdir.
+  config.cosmos = ConfigDict(dict(
+      encoder="",  # HF encoder directory (config.json, model.safetensors); '' = all-MiniLM-L6-v2
+      encoder_arch="",  # filled at build: the encoder's config.json (checkpoints need no files)
+      encoder_dtype="float32",
+      num_latents=16,  # N latent vectors per row (seq_len / N = the compression)
+      latent_dim=64,  # channels per latent
+      ae_width=128,  # compressor / decompressor width, depth and heads
+      ae_depth=2,
+      ae_heads=2,
+      ce_weight=1.0,  # token cross-entropy
+      align_weight=1.0,  # MSE of the decompressor's states to the encoder's (standardised)
+      mask_share=0.5,  # augmentation: this share of the batch masks encoder states...
+      mask_p=0.3,  # ... each token dropped from the compressor's attention with this p
+      noise_delta=0.7,  # the other rows: h' = delta h + sqrt(1 - delta^2) eps
+      latent_dropout=0.4,  # element-wise latent dropout (no rescale); 0 = off
+      stats_rows=256,  # training rows for the encoder's and the latents' statistics
+      autoencoder_workdir="",  # stage 2: the stage-1 workdir (frozen, settings adopted)
+      tan_d=5.0,  # stage 2: VP tan-d schedule shift d
+      self_condition=0.5,  # stage 2: self-conditioning probability in training
+      t_min=0.05,  # stage 2 sampling: the grid runs from t = 1 to t_min, then decodes x0
+  ))
+
   # Training (train.py, dlm/train/).
   config.train = ConfigDict(dict(
       steps=10_000,
@@ -198,6 +242,20 @@ def validate(config: ConfigDict) -> ConfigDict:
                    f"{m.time_conditioning!r}")
   if m.dtype not in ("float32", "bfloat16"):
     raise DlmError(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+  c = config.cosmos
+  if c.ae_width % c.ae_heads or (c.ae_width // c.ae_heads) % 2:
+    raise DlmError(f"cosmos.ae_width={c.ae_width} must split into cosmos.ae_heads={c.ae_heads} "
+                   "heads of even size")
+  for key in ("num_latents", "latent_dim", "ae_depth", "stats_rows"):
+    if c[key] <= 0:
+      raise DlmError(f"cosmos.{key} must be positive, got {c[key]}")
+  for key in ("mask_share", "mask_p", "latent_dropout", "self_condition"):
+    if not 0.0 <= c[key] <= 1.0:
+      raise DlmError(f"cosmos.{key} must be in [0, 1], got {c[key]}")
+  if not 0.0 < c.noise_delta <= 1.0 or not 0.0 <= c.t_min < 1.0:
+    raise DlmError("need 0 < cosmos.noise_delta <= 1 and 0 <= cosmos.t_min < 1")
+  if config.ccdd.latent_dim <= 0:
+    raise DlmError(f"ccdd.latent_dim must be positive, got {config.ccdd.latent_dim}")
   if config.diffusion.schedule not in KINDS:
     raise DlmError(f"unknown diffusion.schedule {config.diffusion.schedule!r}; "
                    f"expected one of {KINDS}")

@@ -43,6 +43,10 @@ class Tokenizer:
 
   def __init__(self, hf: tokenizers.Tokenizer, num_reserved_pads: int = 7,
                overrides: Mapping[str, str] | None = None):
+    # A tokenizer.json may carry truncation and padding settings for its model's inputs
+    # (all-MiniLM-L6-v2: truncate and pad to 128); documents are never cut nor padded here.
+    hf.no_truncation()
+    hf.no_padding()
     self.hf = hf
     overrides = {k: v for k, v in (overrides or {}).items() if v}
     unknown = set(overrides) - set(ROLES)

@@ -8,7 +8,7 @@ from dlm import sharding
 from dlm.errors import DlmError
 from dlm.models.transformer import TransformerConfig
 
-FAMILIES = ("masked", "continuous", "neodiff", "autoregressive")
+FAMILIES = ("masked", "continuous", "neodiff", "autoregressive", "ccdd", "cosmos_ae", "cosmos")
 
 
 def transformer_config(config, vocab_size: int, **overrides) -> TransformerConfig:
@@ -55,4 +55,13 @@ def build(config, tokenizer, rngs: nnx.Rngs) -> nnx.Module:
     from dlm.models.autoregressive import AutoRegressive  # pylint: disable=g-import-not-at-top
 
     return AutoRegressive(transformer_config(config, tokenizer.vocab_size), rngs)
+  if family == "ccdd":
+    from dlm.models import ccdd  # pylint: disable=g-import-not-at-top
+
+    return ccdd.build(config, tokenizer, transformer_config(config, tokenizer.vocab_size), rngs)
+  if family in ("cosmos_ae", "cosmos"):
+    from dlm.models import cosmos  # pylint: disable=g-import-not-at-top
+
+    return cosmos.build(config, tokenizer, transformer_config(config, tokenizer.vocab_size),
+                        rngs)
   raise DlmError(f"unknown model.family {family!r}; expected one of {FAMILIES}")

@@ -502,3 +502,43 @@ def _check_vocab(ids: list[list[int]], vocab_size: int):
   if top >= vocab_size:
     raise DlmError(f"token id {top} is outside the encoder's vocabulary of {vocab_size}; "
                    "is the tokenizer the one of this encoder?")
+
+
+# --- A frozen encoder inside a family (CCDD, Cosmos) ----------------------------------------
+
+def encoder_dir(path: str | pathlib.Path):
+  """`path`, or the default offline encoder (all-MiniLM-L6-v2) when empty."""
+  return default_model_dir() if not str(path) else pathlib.Path(path)
+
+
+def recorded_config(section) -> BertConfig:
+  """The encoder architecture of a config section with `encoder` and `encoder_arch` keys.
+
+  The first call reads `encoder`'s config.json and records it in `encoder_arch` (JSON), so the
+  run's stored config rebuilds the model from a checkpoint without the encoder's files."""
+  if not section.encoder_arch:
+    config = BertConfig.from_json(encoder_dir(section.encoder) / CONFIG_FILE)
+    section.encoder_arch = json.dumps(dataclasses.asdict(config))
+  return BertConfig(**json.loads(section.encoder_arch))
+
+
+def pretrained_state(path: str | pathlib.Path, dtype: str, expected: BertConfig) -> dict:
+  """The checkpoint's weights as a pure dict for dlm/train/pretrained.py; its config.json must
+  match the recorded architecture."""
+  encoder, info = load_encoder(encoder_dir(path), dtype=dtype)
+  if info.config != expected:
+    raise DlmError(f"the encoder at {info.config_path} ({info.config}) is not the one this "
+                   f"model was built for ({expected})")
+  return nnx.to_pure_dict(nnx.state(encoder))
+
+
+def check_alignment(config: BertConfig, vocab_size: int, seq_len: int | None, family: str):
+  """A family reading the encoder's states of its own tokens needs the encoder's tokenizer
+  (same vocabulary) and rows within the encoder's positions."""
+  if config.vocab_size != vocab_size:
+    raise DlmError(f"the tokenizer has {vocab_size} tokens but the encoder's vocabulary has "
+                   f"{config.vocab_size}: {family} needs the encoder's own tokenizer "
+                   "(data.tokenizer.path = its tokenizer.json, num_reserved_pads = 0)")
+  if seq_len is not None and seq_len > config.max_position_embeddings:
+    raise DlmError(f"data.seq_len {seq_len} exceeds the encoder's "
+                   f"{config.max_position_embeddings} positions")

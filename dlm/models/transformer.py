@@ -50,6 +50,7 @@ class TransformerConfig:
   rules: tuple = ()  # logical-axis rules for activation sharding constraints
   token_inputs: bool = True  # False: the caller passes input vectors (continuous families)
   out_features: int = 0  # output head width; 0 = vocab_size (logits)
+  aux_features: int = 0  # > 0: a second output head (own adaLN final layer), e.g. CCDD's z
 
   @property
   def head_dim(self) -> int:
@@ -171,6 +172,12 @@ class Transformer(nnx.Module):
       self.unembed_bias = param(rngs, nnx.initializers.zeros, (self.out_features,), (out_axis,))
     else:
       self.unembed_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",))
+    if cfg.aux_features:
+      if cfg.conditioned:
+        self.aux_modulation = param(rngs, nnx.initializers.zeros, (cfg.cond_width, 2, d),
+                                    ("cond", None, "embed"))
+      self.aux_out = param(rngs, nnx.initializers.zeros, (d, cfg.aux_features), ("embed", None))
+      self.aux_bias = param(rngs, nnx.initializers.zeros, (cfg.aux_features,), (None,))
 
   @property
   def out_features(self) -> int:
@@ -182,9 +189,10 @@ class Transformer(nnx.Module):
     return jax.nn.silu(h) @ self.time_hidden[...].astype(dt)
 
   def __call__(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None,
-               return_hidden: bool = False):
+               return_hidden: bool = False, cond=None):
     """`tokens` are ids (batch, length), or with `token_inputs=False` input vectors
-    (batch, length, width)."""
+    (batch, length, width). `cond` (batch, length, cond_width) is added to the time embedding.
+    With `aux_features`, returns (logits, aux) (and the hidden states last if asked)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     chex.assert_rank(tokens, 2 if cfg.token_inputs else 3)
@@ -209,6 +217,9 @@ class Transformer(nnx.Module):
         raise ValueError("this backbone is time-conditioned: pass t of shape (batch, length)")
       chex.assert_shape(t, (batch, length))
       c = self.time_embedding(t)
+      if cond is not None:
+        chex.assert_shape(cond, (batch, length, cfg.cond_width))
+        c = c + cond.astype(c.dtype)
     mask = attention_mask(segment_ids, cfg.attention, cfg.block_size)
     layer_rngs = None if rng is None or cfg.dropout <= 0 else jax.random.split(rng, cfg.depth)
 
@@ -230,6 +241,13 @@ class Transformer(nnx.Module):
         x = run_block(block, x, c, mask, positions,
                       None if layer_rngs is None else layer_rngs[i])
     h = self.norm_out(x)
+    aux = None
+    if cfg.aux_features:
+      h_aux = h
+      if cfg.conditioned:
+        mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.aux_modulation[...].astype(dt))
+        h_aux = h_aux * (1 + mod[:, :, 1]) + mod[:, :, 0]
+      aux = (h_aux @ self.aux_out[...].astype(dt)).astype(jnp.float32) + self.aux_bias[...]
     if cfg.conditioned:
       mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.final_modulation[...].astype(dt))
       h = h * (1 + mod[:, :, 1]) + mod[:, :, 0]
@@ -240,4 +258,6 @@ class Transformer(nnx.Module):
     logits = (h @ unembed.astype(dt)).astype(jnp.float32) + self.unembed_bias[...]
     logits = constrain(logits, ("batch", "length", None if cfg.out_features else "vocab"),
                        cfg.rules)
-    return (logits, h) if return_hidden else logits
+    out = (logits, aux) if cfg.aux_features else (logits,)
+    out = out + (h,) if return_hidden else out
+    return out if len(out) > 1 else out[0]

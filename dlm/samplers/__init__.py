@@ -9,6 +9,8 @@
 | continuous | `ddpm`, `ddim`, `euler_ode`, `euler_sde` | reverse Gaussian diffusion of embeddings |
 | neodiff | `neodiff` | x0 prediction, predicted per-token times, re-noising |
 | autoregressive | `autoregressive` | left to right |
+| ccdd | `ccdd`, `ccdd_ddim` | GIDD posterior on tokens + DDPM (DDIM) on z, z guidance |
+| cosmos | `cosmos_sde`, `cosmos_ddim` | reverse SDE (DDIM) over autoencoder latents, then decode |
 
 The masked samplers take semi-autoregressive blocks, temperature (Gumbel-max or inverse CDF,
 float64 option), top-k, top-p, classifier-free guidance; every sampler takes prompts and
@@ -27,8 +29,10 @@ from flax import nnx
 from dlm.errors import DlmError
 from dlm.samplers import ancestral as _ancestral
 from dlm.samplers import autoregressive as _autoregressive
+from dlm.samplers import ccdd as _ccdd
 from dlm.samplers import confidence as _confidence
 from dlm.samplers import continuous as _continuous
+from dlm.samplers import latent as _latent
 from dlm.samplers.ancestral import time_grid  # noqa: F401
 from dlm.samplers.core import Canvas, SamplerConfig, Samples, blank_canvas  # noqa: F401
 
@@ -37,6 +41,8 @@ FAMILY_SAMPLERS = {
     "continuous": _continuous.CONTINUOUS,
     "neodiff": _continuous.NEODIFF,
     "autoregressive": _autoregressive.AUTOREGRESSIVE,
+    "ccdd": _ccdd.CCDD,
+    "cosmos": _latent.LATENT,
 }
 SAMPLERS = tuple(n for names in FAMILY_SAMPLERS.values() for n in names)
 
@@ -63,6 +69,9 @@ def run(denoise, schedule, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int
 
 def check(cfg: SamplerConfig, length: int, family: str = "masked") -> None:
   """Bad sampler settings as DlmErrors, before anything is traced."""
+  if family not in FAMILY_SAMPLERS:
+    raise DlmError(f"a {family} model does not generate text (a Cosmos autoencoder: train the "
+                   "latent diffusion stage on it and sample that)")
   if cfg.name not in SAMPLERS:
     raise DlmError(f"unknown sampler {cfg.name!r}; choose one of {', '.join(SAMPLERS)}")
   if cfg.name not in FAMILY_SAMPLERS[family]:
@@ -89,6 +98,10 @@ def _generate(graphdef, params, cfg: SamplerConfig, rng, canvas: Canvas, times) 
     return _continuous.embedding_sampler(model, cfg, rng, canvas, times)
   if family == "neodiff":
     return _continuous.neodiff_sampler(model, cfg, rng, canvas, times)
+  if family == "ccdd":
+    return _ccdd.ccdd_sampler(model, cfg, rng, canvas, times)
+  if family == "cosmos":
+    return _latent.latent_sampler(model, cfg, rng, canvas, model.t_min, times)
   length = canvas.tokens.shape[1]
   positions = jnp.broadcast_to(jnp.arange(length), canvas.tokens.shape)
   segments = jnp.ones_like(canvas.tokens)
@@ -110,11 +123,24 @@ def _times(cfg: SamplerConfig, times):
   return times
 
 
+def _check_canvas(model, canvas: Canvas) -> None:
+  if family_of(model) != "cosmos":
+    return
+  length = model.autoencoder.cfg.seq_len
+  if canvas.tokens.shape[1] != length:
+    raise DlmError(f"a Cosmos model decodes rows of exactly {length} tokens (its autoencoder's "
+                   f"data.seq_len), not {canvas.tokens.shape[1]}")
+  if bool(jnp.any(canvas.given)):
+    raise DlmError("Cosmos samples whole rows from latent noise: prompts and infilling are not "
+                   "supported")
+
+
 def generate(model, cfg: SamplerConfig, rng, canvas: Canvas, times=None) -> Samples:
   """Samples from a model of any family (jit-compiled per model graph and settings); under
   `jax.set_mesh`, shard `canvas` over the batch axes to spread the batch over devices.
   `times`: an optional extrinsic time grid of `steps + 1` points (continuous families)."""
   check(cfg, canvas.tokens.shape[1], family_of(model))
+  _check_canvas(model, canvas)
   graphdef, params = nnx.split(model)
   return _generate(graphdef, nnx.to_pure_dict(params), cfg, rng, canvas, _times(cfg, times))
 
@@ -123,6 +149,7 @@ def compiled(model, cfg: SamplerConfig, rng, canvas: Canvas, times=None):
   """`generate` compiled ahead of time for these shapes: returns `fn(rng) -> Samples`, so
   benchmarks time sampling without a warm-up run."""
   check(cfg, canvas.tokens.shape[1], family_of(model))
+  _check_canvas(model, canvas)
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)
   times = _times(cfg, times)

@@ -32,6 +32,7 @@ class SamplerConfig:
   float64: bool = False  # draw in float64 (needs jax_enable_x64)
   cfg_scale: float = 0.0  # classifier-free guidance weight w (LLaDA); 0 = off
   grid: str = "uniform"  # ancestral time grid: 'uniform' or 'cosine' (md4)
+  z_guidance: float = 1.0  # CCDD guidance w: w f(x, z) + (1 - w) f(x, 0); 1 = off
 
 
 class Canvas(NamedTuple):

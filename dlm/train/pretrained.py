@@ -1,7 +1,7 @@
 """Pretrained and frozen parameters: what a run starts from, and what it never trains.
 
 Three sources fill parameters after the random initialisation (`state.create`), in order:
-  1. the model's own `pretrained()` hook, if it has one: a partial pure dict (e.g. a frozen
+  1. the model's own `pretrained(config, tokenizer)` hook, if it has one: a partial pure dict (e.g. a frozen
      Hugging Face encoder's weights under `encoder/`), read from files named in the config;
   2. `train.init_from`: another workdir's checkpoint (its EMA or raw parameters,
      `train.init_which`), placed under the path `train.init_into` ('' = the root, e.g.
@@ -82,7 +82,7 @@ def values(abstract_model: nnx.Module, config, tokenizer) -> dict[str, np.ndarra
   out: dict[str, np.ndarray] = {}
   hook = getattr(abstract_model, "pretrained", None)
   if hook is not None:
-    out.update({k: np.asarray(v) for k, v in flat(hook()).items()})
+    out.update({k: np.asarray(v) for k, v in flat(hook(config, tokenizer)).items()})
   t = config.train
   if t.init_from:
     if t.init_which not in ("ema", "params"):

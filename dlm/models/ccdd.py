@@ -1,0 +1,230 @@
+"""CCDD: coevolutionary continuous-discrete diffusion (Zhou et al. 2025, arXiv 2510.03206; code
+zhouc20/CCDD `ccdd/diffusion_process.py`, `loss.py`, `models/dit.py::MDIT`).
+
+One network denoises a joint state (x_t, z_t):
+  x_t  tokens under GIDD noise (dlm/processes/gidd.py; p_u = 0 is MDLM's masking), time t;
+  z_t  the frozen encoder's contextual hidden states of the clean sequence, standardised per
+       token (layer norm without affine), reduced to `latent_dim` channels (the first ones, or
+       a PCA fitted on training rows), VP-noised: z_t = sqrt(1 - t) z0 + sqrt(t) eps
+       (`vp_linear`), at the same t by default or an independent one (`async_time`).
+Before noising, z0 is zeroed at masked tokens with probability p_r ~ U[p_r_min, p_r_max] per
+batch (representation masking); in training whole samples drop z_t (zeros) or x_t (all
+[MASK]) so that guidance works.
+
+Network (MDIT): token embedding + an adaLN-modulated linear projection of z_t, adaLN-zero time
+conditioning (token time t, plus an embedding of the z time), two heads: token logits ([MASK]
+never predicted) and z0 prediction (its own adaLN final layer).
+
+Loss (CCDD `loss.py`): the GIDD NELBO of the tokens + min(1/(1 - t), 10) mean_d (z_pred - z0)^2.
+The reported `nelbo` is the token term only: a bound on -log p(x | z-channel), not on
+-log p(x), since z0 is a function of the clean tokens (see README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dlm.errors import DlmError
+from dlm.models import encoders
+from dlm.models.embedding_diffusion import given_mask
+from dlm.models.layers import Frozen, param, timestep_features
+from dlm.models.transformer import Transformer, TransformerConfig
+from dlm.processes import gaussian
+from dlm.processes.gidd import GiddProcess
+
+REDUCTIONS = ("slice", "pca")
+
+
+@dataclasses.dataclass(frozen=True)
+class CCDDConfig:
+  latent_dim: int = 32
+  reduce: str = "slice"
+  async_time: bool = False
+  p_r_min: float = 0.0
+  p_r_max: float = 1.0
+  p_drop_z: float = 0.1
+  p_drop_x: float = 0.0
+  z_weight: float = 1.0
+  z_weight_max: float = 10.0
+  encoder: str = ""  # directory of config.json + model.safetensors; '' = all-MiniLM-L6-v2
+  encoder_dtype: str = "float32"
+  pca_rows: int = 256
+
+  def __post_init__(self):
+    if self.reduce not in REDUCTIONS:
+      raise DlmError(f"unknown ccdd.reduce {self.reduce!r}; expected one of {REDUCTIONS}")
+    if not 0.0 <= self.p_r_min <= self.p_r_max <= 1.0:
+      raise DlmError("need 0 <= ccdd.p_r_min <= ccdd.p_r_max <= 1")
+    for name in ("p_drop_z", "p_drop_x"):
+      if not 0.0 <= getattr(self, name) < 1.0:
+        raise DlmError(f"ccdd.{name} must be in [0, 1)")
+
+
+def standardize(h: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """Layer norm over the hidden dimension without affine parameters (CCDD's `LN(h)`)."""
+  mean = h.mean(-1, keepdims=True)
+  var = jnp.square(h - mean).mean(-1, keepdims=True)
+  return (h - mean) * jax.lax.rsqrt(var + eps)
+
+
+class CCDD(nnx.Module):
+  family = "ccdd"
+
+  def __init__(self, net_cfg: TransformerConfig, process: GiddProcess, cfg: CCDDConfig,
+               bert: encoders.BertConfig, rngs: nnx.Rngs):
+    encoders.check_alignment(bert, net_cfg.vocab_size, None, "CCDD")
+    if cfg.latent_dim > bert.hidden_size:
+      raise DlmError(f"ccdd.latent_dim {cfg.latent_dim} exceeds the encoder width "
+                     f"{bert.hidden_size}")
+    if not net_cfg.conditioned:
+      raise DlmError("CCDD is time-conditioned: model.time_conditioning must be 'adaln_zero'")
+    self.cfg, self.process = cfg, process
+    self.encoder = encoders.BertEncoder(bert, dtype=cfg.encoder_dtype)
+    if cfg.reduce == "pca":
+      self.pca_mean = Frozen(jnp.zeros((bert.hidden_size,), jnp.float32))
+      self.pca_proj = Frozen(jnp.zeros((bert.hidden_size, cfg.latent_dim), jnp.float32))
+    w, k, cw = net_cfg.width, cfg.latent_dim, net_cfg.cond_width
+    self.embed = param(rngs, nnx.initializers.normal(0.02), (net_cfg.vocab_size, w),
+                       ("vocab", "embed"))
+    self.z_modulation = param(rngs, nnx.initializers.zeros, (cw, 2, k), ("cond", None, None))
+    self.z_in = param(rngs, nnx.initializers.normal(k**-0.5), (k, w), (None, "embed"))
+    self.time_z_in = param(rngs, nnx.initializers.normal(0.02), (256, cw), ("freq", "cond"))
+    self.time_z_hidden = param(rngs, nnx.initializers.normal(0.02), (cw, cw), ("cond_in", "cond"))
+    self.net = Transformer(dataclasses.replace(net_cfg, token_inputs=False, aux_features=k), rngs)
+    self.schedule = gaussian.GaussianSchedule("linear")  # vp_linear: alpha_bar = 1 - t
+
+  # The continuous channel --------------------------------------------------------------------
+
+  def latents(self, tokens, segment_ids):
+    """z0 (batch, length, latent_dim): the frozen encoder's standardised, reduced states."""
+    h = standardize(self.encoder(tokens, (segment_ids > 0).astype(jnp.int32)))
+    if self.cfg.reduce == "pca":
+      z0 = (h - self.pca_mean[...]) @ self.pca_proj[...]
+    else:
+      z0 = h[..., :self.cfg.latent_dim]
+    return jax.lax.stop_gradient(z0)
+
+  def pretrained(self, config, tokenizer) -> dict:
+    """The encoder's Hugging Face weights (and a PCA fitted on training rows) for
+    dlm/train/pretrained.py."""
+    out = {"encoder": encoders.pretrained_state(self.cfg.encoder, self.cfg.encoder_dtype,
+                                                self.encoder.config)}
+    if self.cfg.reduce == "pca":
+      out.update(fit_pca(self.cfg.encoder, config, tokenizer, self.cfg.latent_dim,
+                         self.cfg.pca_rows))
+    return out
+
+  # The network -------------------------------------------------------------------------------
+
+  def _time_z(self, t_z):
+    h = timestep_features(t_z, 256) @ self.time_z_in[...]
+    return jax.nn.silu(h) @ self.time_z_hidden[...]
+
+  def forward(self, x_t, z_t, t, t_z, segment_ids=None, positions=None, *, rng=None):
+    """(token logits (batch, length, V) with [MASK] at -inf, z0 prediction)."""
+    chex.assert_rank(z_t, 3)
+    chex.assert_equal_shape((x_t, t, t_z))
+    c_z = self._time_z(t_z)
+    c = self.net.time_embedding(t) + c_z
+    mod = jnp.einsum("blc,cnk->blnk", jax.nn.silu(c), self.z_modulation[...])
+    z_in = (z_t * (1.0 + mod[:, :, 1]) + mod[:, :, 0]) @ self.z_in[...]
+    x = jnp.take(self.embed[...], x_t, axis=0) + z_in
+    logits, z_pred = self.net(x, t, segment_ids, positions, rng=rng, cond=c_z)
+    logits = logits.at[..., self.process.mask_id].set(-jnp.inf)
+    return logits, z_pred
+
+  # Training ----------------------------------------------------------------------------------
+
+  def corrupt(self, batch, rng):
+    x, seg = batch["tokens"], batch["segment_ids"]
+    given = given_mask(batch)
+    real = seg > 0
+    maskable = real & ~given
+    keys = jax.random.split(rng, 8)
+    b = x.shape[0]
+    t_seq = self.process.sample_time(keys[0], b)
+    t_z_seq = jax.random.uniform(keys[1], (b,)) if self.cfg.async_time else t_seq
+    t = jnp.where(given, 0.0, t_seq[:, None])
+    t_z = jnp.broadcast_to(t_z_seq[:, None], x.shape)
+    z_tok = self.process.forward_sample(keys[2], x, t, maskable)
+    drop_x = jax.random.uniform(keys[3], (b,)) < self.cfg.p_drop_x
+    z0 = self.latents(x, seg)
+    p_r = jax.random.uniform(keys[4], (), minval=self.cfg.p_r_min, maxval=self.cfg.p_r_max)
+    hide = (z_tok == self.process.mask_id) & (jax.random.uniform(keys[5], x.shape) < p_r)
+    z0_in = jnp.where(hide[..., None], 0.0, z0)
+    z_t = gaussian.forward_sample(keys[6], z0_in, t_z, self.schedule)
+    drop_z = jax.random.uniform(keys[7], (b,)) < self.cfg.p_drop_z
+    return {**batch, "z": z_tok, "t": t, "t_z": t_z, "z_t": z_t, "z0": z0,
+            "maskable": maskable, "drop_x": drop_x, "drop_z": drop_z}
+
+  def loss(self, noisy, *, rng=None, train: bool = True):
+    """Whole-sample dropout of x_t or z_t applies in training only: the evaluation bound
+    always sees both channels."""
+    x, z, t, maskable = noisy["tokens"], noisy["z"], noisy["t"], noisy["maskable"]
+    z_t = noisy["z_t"]
+    if train:
+      z = jnp.where(noisy["drop_x"][:, None] & maskable, self.process.mask_id, z)
+      z_t = jnp.where(noisy["drop_z"][:, None, None], 0.0, z_t)
+    logits, z_pred = self.forward(z, z_t, t, noisy["t_z"], noisy["segment_ids"],
+                                  noisy["positions"], rng=rng if train else None)
+    nelbo = self.process.nelbo(logits, x, z, t, maskable)
+    real = noisy["segment_ids"] > 0
+    weight = jnp.minimum(1.0 / jnp.maximum(1.0 - noisy["t_z"], 1e-6), self.cfg.z_weight_max)
+    mse = jnp.where(real, weight * jnp.square(z_pred - noisy["z0"]).mean(-1), 0.0)
+    total = nelbo.sum() + self.cfg.z_weight * mse.sum()
+    return total, {"nelbo": nelbo.sum(), "mse": mse.sum(), "tokens": maskable.sum(),
+                   "masked": ((z == self.process.mask_id) & maskable).sum()}
+
+
+def fit_pca(encoder_path, config, tokenizer, latent_dim: int, rows: int) -> dict:
+  """Principal directions of the standardised encoder states of the first `rows` training
+  rows, scaled so that each latent channel has unit variance: {'pca_mean', 'pca_proj'}."""
+  from dlm import sharding  # pylint: disable=g-import-not-at-top
+  from dlm.data import inputs  # pylint: disable=g-import-not-at-top
+
+  encoder, _ = encoders.load_encoder(encoders.encoder_dir(encoder_path))
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  it = inputs.train_iterator(config, tokenizer, mesh)
+  graphdef, state = nnx.split(encoder)
+  run = jax.jit(lambda s, ids, m: standardize(nnx.merge(graphdef, s)(ids, m)))
+  states, seen = [], 0
+  try:
+    while seen < rows:
+      local = it.next_local()
+      real = local["segment_ids"] > 0
+      h = np.asarray(run(state, local["tokens"], real.astype(np.int32)))
+      states.append(h[real])
+      seen += len(local["tokens"])
+  except StopIteration:
+    pass
+  finally:
+    it.close()
+  if not states:
+    raise DlmError("empty dataset: no training rows to fit the CCDD PCA on")
+  h = np.concatenate(states).astype(np.float64)
+  mean = h.mean(0)
+  _, s, vt = np.linalg.svd(h - mean, full_matrices=False)
+  std = s[:latent_dim] / np.sqrt(max(len(h) - 1, 1))
+  proj = vt[:latent_dim].T / np.maximum(std, 1e-6)
+  return {"pca_mean": mean.astype(np.float32), "pca_proj": proj.astype(np.float32)}
+
+
+def build(config, tokenizer, net_cfg: TransformerConfig, rngs: nnx.Rngs) -> CCDD:
+  """The CCDD model of a config. The encoder's architecture is recorded in the config
+  (`ccdd.encoder_arch`) the first time, so a checkpoint rebuilds it without the encoder files."""
+  from dlm.processes.schedules import MaskingSchedule  # pylint: disable=g-import-not-at-top
+
+  c = config.ccdd
+  bert = encoders.recorded_config(c)
+  d = config.diffusion
+  process = GiddProcess(MaskingSchedule(d.schedule, d.power, d.eps), mask_id=tokenizer.mask_id,
+                        vocab_size=tokenizer.vocab_size, p_uniform=c.p_uniform, gamma=c.gamma,
+                        antithetic=d.antithetic)
+  cfg = CCDDConfig(**{k: c[k] for k in (f.name for f in dataclasses.fields(CCDDConfig))})
+  return CCDD(net_cfg, process, cfg, bert, rngs)

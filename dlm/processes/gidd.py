@@ -1,0 +1,138 @@
+"""GIDD: masking mixed with uniform noise (von Ruette et al. 2025, "Generalized Interpolating
+Discrete Diffusion"), the discrete channel of CCDD (Zhou et al. 2025, code
+`ccdd/diffusion_process.py`).
+
+Forward marginal of a token x at time t (GIDD eq. 1 in the CCDD form; time per token):
+  q_t(z | x) = alpha_t delta_x(z) + [beta_t pi_t](z),
+  alpha_t = a(t) / (1 + c_t),   beta_t pi_t = ((1 - a(t)) delta_m + c_t u) / (1 + c_t),
+with a(t) the masking schedule's alpha (dlm/processes/schedules.py; 1 - t for `linear`, as
+CCDD), m = [MASK], u uniform over the V - 1 other tokens and c_t = B (t (1 - t))^(gamma / 2),
+B = 2^gamma p_u / (1 - p_u), so that at t = 1/2 the uniform component carries probability
+p_u.
+p_u = 0 is exactly the masked process (dlm/processes/masked.py).
+
+NELBO (GIDD Thm. 3.2; CCDD `loss.py` logs it as `elbo`), per token, in nats:
+  w_t(z_t, x) [ KL(q_t(.|x) || q_t(.|x_hat)) + r - log r - 1 ],  r = q_t(z_t|x) / q_t(z_t|x_hat),
+  w_t(z, x) = ( d/dt [beta_t pi_t](z) - (d/dt log alpha_t) [beta_t pi_t](z) ) / q_t(z | x),
+with x_hat the model's distribution over clean tokens (never [MASK]). The time derivatives are
+taken by `jax.jvp`, so any masking schedule works; for a(t) = 1 - t they are GIDD's closed forms
+(`GiddLoss.get_weights`: 1/((1-t)t) on [MASK], (c + (1-t)c')/((1-t)c) on a uniform token). Plus
+the masked process's reconstruction term (1 - a(0)) log V, so that p_u = 0 gives its NELBO.
+
+Reverse step (GIDD §3.3, CCDD `sampling.py`): q(z_s | z_t, x_hat) ∝ q_{t|s}(z_t | z_s)
+q_s(z_s | x_hat), with q_{t|s}(z_t | v) = (alpha_t / alpha_s) delta_v(z_t) + [beta_t pi_t](z_t)
+- (alpha_t / alpha_s) [beta_s pi_s](z_t).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from dlm.errors import DlmError
+from dlm.processes.schedules import MaskingSchedule
+
+
+@dataclasses.dataclass(frozen=True)
+class GiddProcess:
+  schedule: MaskingSchedule
+  mask_id: int
+  vocab_size: int
+  p_uniform: float = 0.0
+  gamma: float = 1.0
+  antithetic: bool = True
+
+  def __post_init__(self):
+    if not 0.0 <= self.p_uniform < 1.0:
+      raise DlmError(f"p_uniform must be in [0, 1), got {self.p_uniform}")
+    if self.gamma <= 0:
+      raise DlmError(f"gamma must be > 0, got {self.gamma}")
+
+  @property
+  def b(self) -> float:
+    return 2.0**self.gamma * self.p_uniform / (1.0 - self.p_uniform)
+
+  def sample_time(self, rng, batch_size: int) -> jax.Array:
+    if self.antithetic:
+      return jnp.mod(jax.random.uniform(rng) + jnp.arange(batch_size) / batch_size, 1.0)
+    return jax.random.uniform(rng, (batch_size,))
+
+  # The marginal: three scalars per time, for z = x, z = [MASK], z = another token.
+
+  def _c(self, t):
+    return self.b * jnp.clip(t * (1.0 - t), 0.0, None) ** (self.gamma / 2.0)
+
+  def _parts(self, t):
+    """(alpha_t, [beta pi](mask), [beta pi](one other token)), each shaped like t."""
+    t = jnp.asarray(t, jnp.float32)
+    a, c = self.schedule.alpha(t), self._c(t)
+    return a / (1.0 + c), (1.0 - a) / (1.0 + c), c / (self.vocab_size - 1) / (1.0 + c)
+
+  def marginal(self, x_probs, t):
+    """q_t(. | x) for a distribution x_probs over clean tokens (batch, length, V) -> same."""
+    alpha, bp_m, bp_u = (p[..., None] for p in self._parts(t))
+    is_mask = jnp.arange(self.vocab_size) == self.mask_id
+    return alpha * x_probs + jnp.where(is_mask, bp_m, bp_u)
+
+  def forward_sample(self, rng, x, t, maskable) -> jax.Array:
+    """z_t ~ q_t(. | x), per token; positions that are not maskable stay x."""
+    chex.assert_equal_shape((x, t, maskable))
+    alpha, bp_m, _ = self._parts(t)
+    u = jax.random.uniform(rng, x.shape)
+    rng_tok = jax.random.fold_in(rng, 1)
+    other = jax.random.randint(rng_tok, x.shape, 0, self.vocab_size - 1)
+    other = jnp.where(other >= self.mask_id, other + 1, other)  # uniform over non-mask tokens
+    z = jnp.where(u < alpha, x, jnp.where(u < alpha + bp_m, self.mask_id, other))
+    return jnp.where(maskable, z, x)
+
+  def _weights(self, t):
+    """ELBO weights (w on z = x, w on [MASK], w on another token) per time (see module doc)."""
+    def parts(t):
+      alpha, bp_m, bp_u = self._parts(t)
+      return jnp.log(alpha), bp_m, bp_u
+
+    (_, bp_m, bp_u), (dlog_alpha, dbp_m, dbp_u) = jax.jvp(parts, (t,), (jnp.ones_like(t),))
+    alpha = self._parts(t)[0]
+    num_m = dbp_m - dlog_alpha * bp_m
+    num_u = dbp_u - dlog_alpha * bp_u
+    tiny = jnp.finfo(jnp.float32).tiny
+    w_x = num_u / jnp.maximum(alpha + bp_u, tiny)
+    w_m = num_m / jnp.maximum(bp_m, tiny)
+    w_u = jnp.where(bp_u > 0, num_u / jnp.maximum(bp_u, tiny), 0.0)
+    return w_x, w_m, w_u
+
+  def nelbo(self, logits, x, z, t, maskable) -> jax.Array:
+    """Per-token NELBO in nats (batch, length); zero where not maskable."""
+    chex.assert_equal_shape((x, z, t, maskable))
+    logits = logits.astype(jnp.float32).at[..., self.mask_id].set(-jnp.inf)
+    x_hat = jax.nn.softmax(logits, axis=-1)
+    log_p = jnp.log(jnp.maximum(self.marginal(x_hat, t), 1e-30))
+    log_q = jnp.log(jnp.maximum(self.marginal(jax.nn.one_hot(x, self.vocab_size), t), 1e-30))
+    q = jnp.exp(log_q)
+    kl = jnp.sum(jnp.where(q > 0, q * (log_q - log_p), 0.0), axis=-1)
+    log_r = (jnp.take_along_axis(log_q, z[..., None], -1) -
+             jnp.take_along_axis(log_p, z[..., None], -1))[..., 0]
+    is_div = jnp.expm1(log_r) - log_r
+    w_x, w_m, w_u = self._weights(t)
+    w = jnp.where(z == x, w_x, jnp.where(z == self.mask_id, w_m, w_u))
+    recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
+    return jnp.where(maskable, w * (kl + is_div) + recon, 0.0)
+
+  def posterior(self, x_hat, z_t, t, s) -> jax.Array:
+    """q(z_s | z_t, x_hat) over the vocabulary (batch, length, V), for s < t (module doc)."""
+    chex.assert_equal_shape((z_t, t, s))
+    a_t, m_t, u_t = self._parts(t)
+    a_s, m_s, u_s = self._parts(s)
+    ratio = a_t / a_s
+    is_mask_zt = z_t == self.mask_id
+    # [beta_t pi_t - ratio beta_s pi_s](z_t): mass reaching z_t from any v by the noise.
+    leak = jnp.where(is_mask_zt, m_t - ratio * m_s, u_t - ratio * u_s)
+    stay = jax.nn.one_hot(z_t, self.vocab_size) * ratio[..., None]
+    likelihood = stay + jnp.maximum(leak, 0.0)[..., None]
+    prior = self.marginal(x_hat, s)
+    post = likelihood * prior
+    return post / jnp.maximum(post.sum(-1, keepdims=True), 1e-30)

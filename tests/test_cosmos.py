@@ -1,0 +1,163 @@
+"""Cosmos (dlm/models/cosmos.py): the tan-d schedule, the autoencoder, latent statistics, and
+the two training stages through `loop.train` with the real all-MiniLM-L6-v2 encoder."""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dlm import config as config_lib
+from dlm import sharding, samplers
+from dlm.data import inputs
+from dlm.errors import DlmError
+from dlm.models import cosmos, encoders
+from dlm.processes import gaussian
+from dlm.train import loop, pretrained
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_tan_d_schedule():
+  for d in (5.0, 7.0):
+    s = gaussian.GaussianSchedule("tan_d", d=d)
+    t = jnp.linspace(0.0, 1.0, 101)
+    a, sig = s.alpha(t), s.sigma(t)
+    np.testing.assert_allclose(np.asarray(a**2 + sig**2), 1.0, atol=1e-6)
+    assert float(a[0]) == 1.0 and float(sig[0]) == 0.0
+    assert abs(float(a[-1])) < 1e-6 and abs(float(sig[-1]) - 1.0) < 1e-6
+    inner = np.asarray(t[1:-1])
+    expected = 1 / np.sqrt(1 + d**2 * np.tan(np.pi * inner / 2) ** 2)
+    np.testing.assert_allclose(np.asarray(a[1:-1]), expected, rtol=1e-4, atol=1e-6)
+    assert np.all(np.diff(np.asarray(a)) <= 1e-7)  # monotone
+
+
+V, L = 40, 16
+TINY_BERT = encoders.BertConfig(vocab_size=V, hidden_size=16, num_hidden_layers=1,
+                                num_attention_heads=2, intermediate_size=32,
+                                max_position_embeddings=32)
+
+
+def _tiny_autoencoder(**overrides):
+  cfg = cosmos.AutoencoderConfig(vocab_size=V, seq_len=L, num_latents=L, latent_dim=16,
+                                 width=32, depth=1, heads=2, **overrides)
+  model = cosmos.CosmosAutoencoder(cfg, TINY_BERT, nnx.Rngs(0))
+  leaves = jax.tree.leaves(nnx.state(model.encoder))
+  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+  nnx.update(model.encoder, jax.tree.unflatten(
+      jax.tree.structure(nnx.state(model.encoder)),
+      [jax.random.normal(k, x.shape) * 0.5 for k, x in zip(keys, leaves)]))
+  return model
+
+
+def test_autoencoder_without_augmentations_reconstructs_its_batch():
+  model = _tiny_autoencoder(mask_share=1.0, mask_p=0.0, noise_delta=1.0, latent_dropout=0.0)
+  x = jax.random.randint(jax.random.PRNGKey(1), (8, L), 0, V)
+  batch = {"tokens": x, "segment_ids": jnp.ones_like(x),
+           "positions": jnp.broadcast_to(jnp.arange(L), x.shape)}
+  graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(3e-3)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, rng):
+    def loss_fn(p):
+      m = nnx.merge(graphdef, p, frozen)
+      total, metrics = m.loss(m.corrupt(batch, rng), train=True)
+      return total / metrics["tokens"], metrics
+    (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt = tx.update(g, opt)
+    return optax.apply_updates(params, updates), opt, loss
+
+  for i in range(300):
+    params, opt, _ = step(params, opt, jax.random.PRNGKey(i))
+  m = nnx.merge(graphdef, params, frozen)
+  _, metrics = m.loss(m.corrupt(batch, jax.random.PRNGKey(0)), train=False)
+  accuracy = float(metrics["accuracy"] / metrics["tokens"])
+  assert accuracy > 0.95, accuracy
+
+
+def test_augmentations_change_the_training_pass_only():
+  model = _tiny_autoencoder()
+  x = jax.random.randint(jax.random.PRNGKey(1), (4, L), 0, V)
+  batch = {"tokens": x, "segment_ids": jnp.ones_like(x),
+           "positions": jnp.broadcast_to(jnp.arange(L), x.shape)}
+  noisy = model.corrupt(batch, jax.random.PRNGKey(0))
+  assert noisy["aug_masked_rows"].tolist() == [True, True, False, False]
+  keep = float(noisy["aug_latent_keep"].mean())
+  assert 0.45 < keep < 0.75  # latent dropout p = 0.4
+  train_loss = model.loss(noisy, train=True)[0]
+  eval_a, eval_b = (model.loss(model.corrupt(batch, jax.random.PRNGKey(k)), train=False)[0]
+                    for k in (1, 2))
+  assert float(eval_a) == float(eval_b) != float(train_loss)
+
+
+def test_latent_statistics_standardise():
+  rng = np.random.default_rng(0)
+  z = rng.normal(3.0, 2.5, (64, 4, 8)) * rng.uniform(0.5, 2, (4, 8))
+  mean, std = cosmos.latent_statistics(z)
+  standard = (z - mean) / std
+  np.testing.assert_allclose(standard.mean(0), 0.0, atol=1e-5)
+  np.testing.assert_allclose(standard.std(0), 1.0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def two_stages(quickstart, tmp_path_factory):
+  """Both stages of configs/cosmos.py at toy size: 3 autoencoder steps, then 2 diffusion steps."""
+  root = tmp_path_factory.mktemp("cosmos")
+  small = {"data.data_dir": quickstart.data.data_dir, "data.seq_len": 32,
+           "train.batch_size": 8, "train.eval_batches": 1, "train.progress": False,
+           "train.async_checkpoint": False, "cosmos.num_latents": 8, "cosmos.latent_dim": 16,
+           "cosmos.ae_width": 32, "cosmos.ae_depth": 1, "cosmos.stats_rows": 16}
+  ae_dir, lat_dir = str(root / "ae"), str(root / "latent")
+  ae_result = loop.train(config_lib.from_file(
+      str(ROOT / "configs/cosmos.py:autoencoder"), **small, **{"train.steps": 3}), ae_dir)
+  lat_result = loop.train(config_lib.from_file(
+      str(ROOT / "configs/cosmos.py:diffusion"), **small, **{
+          "train.steps": 2, "model.width": 32, "model.depth": 3,
+          "cosmos.autoencoder_workdir": ae_dir}), lat_dir)
+  return ae_dir, lat_dir, ae_result, lat_result
+
+
+def test_two_stage_training_and_sampling(two_stages):
+  ae_dir, lat_dir, ae_result, lat_result = two_stages
+  assert np.isfinite(ae_result["eval/ce"]) and ae_result["eval/mse"] > 0
+  assert np.isfinite(lat_result["eval/loss"])
+  config, tokenizer, model, _ = loop.restore_for_sampling(lat_dir, which="params")
+  _, _, ae, _ = loop.restore_for_sampling(ae_dir, which="ema")
+  # The frozen autoencoder is the stage-1 model, unchanged by stage 2.
+  got = pretrained.flat(jax.device_get(nnx.to_pure_dict(nnx.state(model.autoencoder))))
+  want = pretrained.flat(jax.device_get(nnx.to_pure_dict(nnx.state(ae))))
+  assert set(got) == set(want)
+  for k in want:
+    np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  # The stored statistics standardise the latents of the rows they came from.
+  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
+  it = inputs.train_iterator(config, tokenizer, mesh)
+  rows = [it.next_local() for _ in range(2)]
+  it.close()
+  z = np.concatenate([np.asarray(model.normalize(model.autoencoder.latents(
+      r["tokens"], r["segment_ids"]))) for r in rows])
+  assert z.shape == (16, 8, 16)
+  np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-3)
+  np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
+  out = samplers.generate(model, samplers.SamplerConfig(name="cosmos_sde", steps=5),
+                          jax.random.PRNGKey(0), samplers.blank_canvas(2, 32, tokenizer.mask_id))
+  assert out.tokens.shape == (2, 32) and int(out.nfe[0]) == 6
+  with pytest.raises(DlmError, match="exactly 32 tokens"):
+    samplers.generate(model, samplers.SamplerConfig(name="cosmos_sde", steps=5),
+                      jax.random.PRNGKey(0), samplers.blank_canvas(2, 16, tokenizer.mask_id))
+  _, _, ae_model, _ = loop.restore_for_sampling(ae_dir)
+  with pytest.raises(DlmError, match="does not generate text"):
+    samplers.generate(ae_model, samplers.SamplerConfig(name="cosmos_sde", steps=5),
+                      jax.random.PRNGKey(0), samplers.blank_canvas(2, 32, tokenizer.mask_id))
+
+
+def test_diffusion_stage_needs_an_autoencoder(quickstart, tmp_path):
+  config = config_lib.from_file(str(ROOT / "configs/cosmos.py:diffusion"), **{
+      "data.data_dir": quickstart.data.data_dir, "train.progress": False, "train.steps": 1})
+  with pytest.raises(DlmError, match="autoencoder_workdir"):
+    loop.train(config, str(tmp_path / "x"))
