@@ -63,7 +63,8 @@ def base_config() -> ConfigDict:
 
   # Model: the family and its backbone (dlm/models/transformer.py).
   config.model = ConfigDict(dict(
-      # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' (see dlm.models.FAMILIES)
+      # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' | 'any_order'
+      # (see dlm.models.FAMILIES)
       family="masked",
       width=256,
       depth=6,
@@ -111,6 +112,16 @@ def base_config() -> ConfigDict:
       self_condition=0.5,
       label_smoothing=0.1,  # anchor cross-entropy
       tau_loss_weight=1.0,
+  ))
+
+  # Any-subset autoregressive models (dlm/models/any_order.py, AS-ARM / ASSD, arXiv 2504.20456).
+  config.any_order = ConfigDict(dict(
+      # Training masking rate: each row draws r (stratified over the batch) in [min_rate,
+      # max_rate] and round(r * n) of its n maskable tokens become targets (the paper's final
+      # range; its warm-up from 0.15 is for fine-tuning XLNet and is not done here).
+      min_rate=0.85,
+      max_rate=0.99,
+      order="left_to_right",  # the targets' order: 'left_to_right' | 'random' (any order)
   ))
 
   # Training (train.py, dlm/train/).
@@ -193,6 +204,15 @@ def validate(config: ConfigDict) -> ConfigDict:
                    f"{m.time_conditioning!r}")
   if m.dtype not in ("float32", "bfloat16"):
     raise DlmError(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+  a = config.get("any_order")
+  if a is not None:
+    if not 0.0 < a.min_rate <= a.max_rate <= 1.0:
+      raise DlmError(f"any_order rates need 0 < min_rate <= max_rate <= 1, got "
+                     f"[{a.min_rate}, {a.max_rate}]")
+    from dlm.models.any_order import ORDERS  # pylint: disable=g-import-not-at-top
+
+    if a.order not in ORDERS:
+      raise DlmError(f"any_order.order must be one of {ORDERS}, got {a.order!r}")
   if config.diffusion.schedule not in KINDS:
     raise DlmError(f"unknown diffusion.schedule {config.diffusion.schedule!r}; "
                    f"expected one of {KINDS}")
