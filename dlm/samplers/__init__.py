@@ -9,6 +9,7 @@
 | continuous | `ddpm`, `ddim`, `euler_ode`, `euler_sde` | reverse Gaussian diffusion of embeddings |
 | neodiff | `neodiff` | x0 prediction, predicted per-token times, re-noising |
 | autoregressive | `autoregressive` | left to right |
+| any_order | `assd`, `sequential` | AS-ARM: lossless speculative decoding (k drafts), one token per pass |
 
 The masked samplers take semi-autoregressive blocks, temperature (Gumbel-max or inverse CDF,
 float64 option), top-k, top-p, classifier-free guidance; every sampler takes prompts and
@@ -26,6 +27,7 @@ from flax import nnx
 
 from dlm.errors import DlmError
 from dlm.samplers import ancestral as _ancestral
+from dlm.samplers import any_order as _any_order
 from dlm.samplers import autoregressive as _autoregressive
 from dlm.samplers import confidence as _confidence
 from dlm.samplers import continuous as _continuous
@@ -37,6 +39,7 @@ FAMILY_SAMPLERS = {
     "continuous": _continuous.CONTINUOUS,
     "neodiff": _continuous.NEODIFF,
     "autoregressive": _autoregressive.AUTOREGRESSIVE,
+    "any_order": _any_order.ANY_ORDER,
 }
 SAMPLERS = tuple(n for names in FAMILY_SAMPLERS.values() for n in names)
 
@@ -74,6 +77,7 @@ def check(cfg: SamplerConfig, length: int, family: str = "masked") -> None:
     raise DlmError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
   if cfg.float64 and not jax.config.jax_enable_x64:
     raise DlmError("float64 sampling needs jax_enable_x64 (sample.py --float64 sets it)")
+  _any_order.check(cfg)
   from dlm.samplers.core import block_plan  # pylint: disable=g-import-not-at-top
 
   block_plan(length, cfg)
@@ -89,6 +93,8 @@ def _generate(graphdef, params, cfg: SamplerConfig, rng, canvas: Canvas, times) 
     return _continuous.embedding_sampler(model, cfg, rng, canvas, times)
   if family == "neodiff":
     return _continuous.neodiff_sampler(model, cfg, rng, canvas, times)
+  if family == "any_order":
+    return _any_order.generate(model, cfg, rng, canvas)
   length = canvas.tokens.shape[1]
   positions = jnp.broadcast_to(jnp.arange(length), canvas.tokens.shape)
   segments = jnp.ones_like(canvas.tokens)

@@ -32,6 +32,7 @@ class SamplerConfig:
   float64: bool = False  # draw in float64 (needs jax_enable_x64)
   cfg_scale: float = 0.0  # classifier-free guidance weight w (LLaDA); 0 = off
   grid: str = "uniform"  # ancestral time grid: 'uniform' or 'cosine' (md4)
+  draft_length: int = 5  # ASSD (any_order family): tokens drafted per step, k >= 1
 
 
 class Canvas(NamedTuple):
