@@ -7,8 +7,9 @@ here the [MASK] embedding at that position), so that a target can be predicted w
 itself. We run both streams through the shared backbone as one sequence of 2L tokens,
 `[content ; query]`, under one boolean attention mask built from a per-position *level*:
 
-  level 0            known tokens (visible, given, padding, already decoded);
-  level r >= 1       a target, predicted after every target of a lower level.
+  level 0            known tokens (visible, given, padding);
+  level r >= 1       a target, predicted after every target of a lower level (at sampling a
+                     decoded target keeps its level: the joint is that of one fixed mask).
 
   content i -> content j   iff level_j <= level_i   (known tokens see only known tokens;
                                                       a target's content sees itself too)

@@ -9,7 +9,7 @@
 | continuous | `ddpm`, `ddim`, `euler_ode`, `euler_sde` | reverse Gaussian diffusion of embeddings |
 | neodiff | `neodiff` | x0 prediction, predicted per-token times, re-noising |
 | autoregressive | `autoregressive` | left to right |
-| any_order | `assd`, `sequential` | AS-ARM: lossless speculative decoding (k drafts), one token per pass |
+| any_order | `assd`, `sequential` | AS-ARM: exact speculative decoding; one token per pass |
 
 The masked samplers take semi-autoregressive blocks, temperature (Gumbel-max or inverse CDF,
 float64 option), top-k, top-p, classifier-free guidance; every sampler takes prompts and

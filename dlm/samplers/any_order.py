@@ -4,14 +4,18 @@ Guo and Ermon 2025 (arXiv 2504.20456), Algorithm 1 and the official `speculative
 The model is seen through `cond(tokens, levels) -> logits (batch, L, vocab)`: at a position of
 level r >= 1, the logits of p(x_i | tokens at positions of level < r) (`AnyOrderAR.logits`).
 Targets (the canvas's non-given positions) are decoded left to right, the order AS-ARMs are
-trained in here.
+trained in here. The model's joint is defined by one fixed mask, as a causal AR's (and as the
+paper's code, whose `perm_mask` is fixed for the whole decoding): given tokens at level 0
+(bidirectional among themselves, as a training row's visible tokens), the n-th target at level
+n, decoded or not. A decoded token is *not* moved to level 0: its content stream would then
+see later tokens, and the network (unlike exact conditionals) would give different numbers.
 
-* `sequential`: one pass per token, p(x_σ(n) | decoded): the reference distribution.
-* `assd`, per step with the n decoded tokens known (level 0):
-  1. draft (1 NFE): the next k targets all at level 1, so each is predicted from the decoded
-     tokens only, q_j = p(x_σ(n+j) | x_σ(<=n)); draw x~_j ~ q_j independently;
-  2. oracle (1 NFE): x~ put in, target j at level j, so p_j = p(x_σ(n+j) | x_σ(<=n), x~_<j)
-     (the joint, causal in the order); target k+1 at level k+1 gives p_{k+1} as well;
+* `sequential`: one pass per token with those levels, p(x_σ(n) | x_σ(<n)): the reference.
+* `assd`, per step with n targets decoded:
+  1. draft (1 NFE): every undecoded target at level n + 1, so each of the next k is predicted
+     from the given and decoded tokens only, q_j = p(x_σ(n+j) | x_σ(<=n)); x~_j ~ q_j;
+  2. oracle (1 NFE): x~ put in, the sequential levels, so p_j = p(x_σ(n+j) | x_σ(<=n), x~_<j)
+     exactly as `sequential` would compute it; target k+1 gives p_{k+1} as well;
   3. accept x~_j while u_j < p_j(x~_j) / q_j(x~_j); the first rejected j is redrawn from
      norm(max(p_j - q_j, 0)) (Leviathan et al. 2023); q_1 = p_1, so x~_1 is always accepted.
      If all k are accepted, a (k+1)-th token is drawn from p_{k+1} of the same oracle pass (as
@@ -93,11 +97,11 @@ def sequential(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas,
   """One pass per target, each drawn from p(x_σ(n) | decoded tokens)."""
   rank, order, count = decoding_order(canvas.given)
   batch, length = canvas.tokens.shape
+  levels = rank + 1  # fixed: given 0, the n-th target n (decoded tokens keep theirs)
 
   def body(state):
     z, done, nfe, revealed, step = state
     active = done < count
-    levels = jnp.where(rank >= done[:, None], 1, 0).astype(jnp.int32)
     pos = jnp.take_along_axis(order, jnp.minimum(done, length - 1)[:, None], axis=1)
     probs = _probs(_gather(cond(z, levels), pos), cfg, mask_id)
     token = _draw(probs, jax.random.fold_in(rng, step))
@@ -118,6 +122,7 @@ def assd(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int
   rank, order, count = decoding_order(canvas.given)
   batch, length = canvas.tokens.shape
   slots = jnp.arange(k + 1)
+  levels = rank + 1  # the sequential sampler's levels: given 0, the n-th target n
 
   def body(state):
     z, done, nfe, revealed, step = state
@@ -125,22 +130,21 @@ def assd(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int
     active = remaining > 0
     kk = jnp.minimum(k, remaining)  # drafts this step, per row
     window = jnp.take_along_axis(order, jnp.minimum(done[:, None] + slots, length - 1), axis=1)
-    undecoded = rank >= done[:, None]
-    j = rank - done[:, None]  # slot of each undecoded target
     rng_draft, rng_accept, rng_fix = jax.random.split(jax.random.fold_in(rng, step), 3)
 
     # 1. Draft: every undecoded target predicted from the decoded tokens alone.
-    q = _probs(_gather(cond(z, undecoded.astype(jnp.int32)), window[:, :k]), cfg, mask_id)
+    draft_levels = jnp.minimum(levels, done[:, None] + 1)  # every undecoded target: n + 1
+    q = _probs(_gather(cond(z, draft_levels), window[:, :k]), cfg, mask_id)
     draft = _draw(q, rng_draft)  # (batch, k)
     in_draft = slots[:k] < kk[:, None]
 
-    # 2. Oracle: drafts in, target in slot j at level j + 1 (the bonus slot kk at kk + 1).
+    # 2. Oracle: drafts in, the sequential levels: slot j sees the drafts before it (the
+    # bonus slot kk all of them); the slots after kk hold [MASK] and are seen by none.
     proposed = _scatter(z, window[:, :k], draft, in_draft)
-    levels = jnp.where(undecoded, jnp.minimum(j, kk[:, None]) + 1 + (j > kk[:, None]), 0)
     need_oracle = active & (remaining >= 2)
     p = jax.lax.cond(
         jnp.any(need_oracle),
-        lambda: _probs(_gather(cond(proposed, levels.astype(jnp.int32)), window), cfg, mask_id),
+        lambda: _probs(_gather(cond(proposed, levels), window), cfg, mask_id),
         lambda: jnp.zeros(q.shape[:1] + (k + 1,) + q.shape[2:], q.dtype))
 
     # 3. Accept while u < p/q (the first draft always); redraw the first rejection.
