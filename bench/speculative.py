@@ -53,9 +53,10 @@ def infill_canvases(rows, visible: float, mask_id: int, seed: int):
   return np.where(given, tokens, mask_id).astype(np.int32), given
 
 
-def model_nll(model, tokens, given) -> float:
+def model_nll(model, tokens, given) -> tuple[float, float]:
   """The AS-ARM's own NLL (nats per infilled token) of the infilled tokens given the kept ones,
-  left to right: -log p(x_masked | x_kept), exact under the model."""
+  left to right: -log p(x_masked | x_kept), exact under the model; and the standard error of
+  that mean over rows (rows are independent; a row's tokens are not)."""
   graphdef, state = nnx.split(model)
 
   @jax.jit
@@ -64,15 +65,20 @@ def model_nll(model, tokens, given) -> float:
     levels = jnp.where(g, 0, jnp.cumsum(~g, axis=1)).astype(jnp.int32)
     logits = m.logits(x, levels)
     picked = jnp.take_along_axis(logits, x[..., None], axis=-1)[..., 0]
-    return jnp.where(g, 0.0, jax.nn.logsumexp(logits, axis=-1) - picked).sum()
+    return jnp.where(g, 0.0, jax.nn.logsumexp(logits, axis=-1) - picked).sum(axis=1)
 
-  total = sum(float(nll(state, tokens[i:i + 16], given[i:i + 16]))
-              for i in range(0, len(tokens), 16))
-  return total / float((~given).sum())
+  per_row = np.concatenate([np.asarray(nll(state, tokens[i:i + 16], given[i:i + 16]))
+                            for i in range(0, len(tokens), 16)])
+  counts = np.asarray((~given).sum(axis=1), np.float64)
+  ratio = per_row.sum() / counts.sum()
+  # delta-method standard error of a ratio of sums over independent rows
+  resid = (per_row - ratio * counts) / counts.mean()
+  return float(ratio), float(resid.std(ddof=1) / math.sqrt(len(counts)))
 
 
 def text_stats(model, judge, tokens, given) -> dict:
-  out = {"model_nll": round(model_nll(model, jnp.asarray(tokens), jnp.asarray(given)), 4),
+  nll, se = model_nll(model, jnp.asarray(tokens), jnp.asarray(given))
+  out = {"model_nll": round(nll, 4), "model_nll_se": round(se, 4),
          "entropy_bits": round(evaluate.sample_entropy(list(tokens)), 4)}
   out["model_perplexity"] = round(math.exp(out["model_nll"]), 3)
   if judge is not None:
