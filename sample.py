@@ -3,7 +3,7 @@
     [sampler options]
 
 The checkpoint holds the model's config and tokenizer; nothing else is needed. Any family:
-masked, continuous, neodiff, autoregressive (the sampler defaults to the family's first).
+masked, continuous, neodiff, autoregressive, any_order (the sampler defaults to the family's first).
 --source conditions a model trained on (source, target) pairs; --schedule loads an optimised
 extrinsic time schedule (NeoDiff, `python -m dlm.neodiff_schedule`). Samples end at the first
 generated eos. --output=FILE.jsonl keeps them with their settings; --show_steps
@@ -38,6 +38,7 @@ flags.DEFINE_bool("float64", False, "Draw tokens in float64 (LLaDA's Gumbel prec
 flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance weight (prompted sampling).")
 flags.DEFINE_float("z_guidance", 1.0, "CCDD guidance w on the representation channel (1 = off).")
 flags.DEFINE_enum("grid", "uniform", ["uniform", "cosine"], "Ancestral time grid.")
+flags.DEFINE_integer("draft_length", 5, "ASSD (any_order family): tokens drafted per step (k).")
 flags.DEFINE_string("prompt", None, "Text the samples continue.")
 flags.DEFINE_string("infill", None, "Text with [MASK] / [MASK*n] spans to fill.")
 flags.DEFINE_string("source", None, "Source text of a conditional (pair) model, e.g. code to "
@@ -66,7 +67,7 @@ def main(argv):
         name=FLAGS.sampler or "", steps=FLAGS.steps, block_length=FLAGS.block_length,
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
         float64=FLAGS.float64, cfg_scale=FLAGS.cfg_scale, grid=FLAGS.grid,
-        z_guidance=FLAGS.z_guidance)
+        z_guidance=FLAGS.z_guidance, draft_length=FLAGS.draft_length)
     if FLAGS.sampler and cfg.name not in samplers.SAMPLERS:
       raise DlmError(f"unknown sampler {cfg.name!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     batch = min(FLAGS.batch_size or FLAGS.num_samples, FLAGS.num_samples)

@@ -63,7 +63,8 @@ def base_config() -> ConfigDict:
 
   # Model: the family and its backbone (dlm/models/transformer.py).
   config.model = ConfigDict(dict(
-      # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' (see dlm.models.FAMILIES)
+      # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' | 'any_order'
+      # (see dlm.models.FAMILIES)
       family="masked",
       width=256,
       depth=6,
@@ -157,6 +158,16 @@ def base_config() -> ConfigDict:
       t_min=0.05,  # stage 2 sampling: the grid runs from t = 1 to t_min, then decodes x0
   ))
 
+  # Any-subset autoregressive models (dlm/models/any_order.py, AS-ARM / ASSD, arXiv 2504.20456).
+  config.any_order = ConfigDict(dict(
+      # Training masking rate: each row draws r (stratified over the batch) in [min_rate,
+      # max_rate] and round(r * n) of its n maskable tokens become targets (the paper's final
+      # range; its warm-up from 0.15 is for fine-tuning XLNet and is not done here).
+      min_rate=0.85,
+      max_rate=0.99,
+      order="left_to_right",  # the targets' order: 'left_to_right' | 'random' (any order)
+  ))
+
   # Training (train.py, dlm/train/).
   config.train = ConfigDict(dict(
       steps=10_000,
@@ -242,20 +253,29 @@ def validate(config: ConfigDict) -> ConfigDict:
                    f"{m.time_conditioning!r}")
   if m.dtype not in ("float32", "bfloat16"):
     raise DlmError(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
-  c = config.cosmos
-  if c.ae_width % c.ae_heads or (c.ae_width // c.ae_heads) % 2:
+  c = config.get("cosmos")
+  if c is not None and (c.ae_width % c.ae_heads or (c.ae_width // c.ae_heads) % 2):
     raise DlmError(f"cosmos.ae_width={c.ae_width} must split into cosmos.ae_heads={c.ae_heads} "
                    "heads of even size")
-  for key in ("num_latents", "latent_dim", "ae_depth", "stats_rows"):
+  for key in ("num_latents", "latent_dim", "ae_depth", "stats_rows") if c is not None else ():
     if c[key] <= 0:
       raise DlmError(f"cosmos.{key} must be positive, got {c[key]}")
-  for key in ("mask_share", "mask_p", "latent_dropout", "self_condition"):
+  for key in ("mask_share", "mask_p", "latent_dropout", "self_condition") if c is not None else ():
     if not 0.0 <= c[key] <= 1.0:
       raise DlmError(f"cosmos.{key} must be in [0, 1], got {c[key]}")
-  if not 0.0 < c.noise_delta <= 1.0 or not 0.0 <= c.t_min < 1.0:
+  if c is not None and (not 0.0 < c.noise_delta <= 1.0 or not 0.0 <= c.t_min < 1.0):
     raise DlmError("need 0 < cosmos.noise_delta <= 1 and 0 <= cosmos.t_min < 1")
-  if config.ccdd.latent_dim <= 0:
+  if config.get("ccdd") is not None and config.ccdd.latent_dim <= 0:
     raise DlmError(f"ccdd.latent_dim must be positive, got {config.ccdd.latent_dim}")
+  a = config.get("any_order")
+  if a is not None:
+    if not 0.0 < a.min_rate <= a.max_rate <= 1.0:
+      raise DlmError(f"any_order rates need 0 < min_rate <= max_rate <= 1, got "
+                     f"[{a.min_rate}, {a.max_rate}]")
+    from dlm.models.any_order import ORDERS  # pylint: disable=g-import-not-at-top
+
+    if a.order not in ORDERS:
+      raise DlmError(f"any_order.order must be one of {ORDERS}, got {a.order!r}")
   if config.diffusion.schedule not in KINDS:
     raise DlmError(f"unknown diffusion.schedule {config.diffusion.schedule!r}; "
                    f"expected one of {KINDS}")

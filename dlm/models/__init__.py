@@ -8,7 +8,8 @@ from dlm import sharding
 from dlm.errors import DlmError
 from dlm.models.transformer import TransformerConfig
 
-FAMILIES = ("masked", "continuous", "neodiff", "autoregressive", "ccdd", "cosmos_ae", "cosmos")
+FAMILIES = ("masked", "continuous", "neodiff", "autoregressive", "ccdd", "cosmos_ae", "cosmos",
+            "any_order")
 
 
 def transformer_config(config, vocab_size: int, **overrides) -> TransformerConfig:
@@ -64,4 +65,9 @@ def build(config, tokenizer, rngs: nnx.Rngs) -> nnx.Module:
 
     return cosmos.build(config, tokenizer, transformer_config(config, tokenizer.vocab_size),
                         rngs)
+  if family == "any_order":
+    from dlm.models.any_order import AnyOrderAR, AnyOrderConfig  # pylint: disable=g-import-not-at-top
+
+    return AnyOrderAR(transformer_config(config, tokenizer.vocab_size),
+                      AnyOrderConfig(**config.any_order.to_dict()), tokenizer.mask_id, rngs)
   raise DlmError(f"unknown model.family {family!r}; expected one of {FAMILIES}")

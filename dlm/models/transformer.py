@@ -3,7 +3,8 @@
 Optional adaLN-zero conditioning (DiT, Peebles and Xie 2023) on a per-token time t of shape
 (batch, length); `time_conditioning="none"` drops time (MD4 shows masked models need not see
 it). Attention is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU) with
-bidirectional, causal or block-causal masks kept within segments. Layers can be scanned
+bidirectional, causal or block-causal masks kept within segments, or an explicit mask
+(the any-order family's two streams). Layers can be scanned
 (`nnx.scan`, one compiled layer) and rematerialised by policy; parameters are float32 and
 matmuls run in `dtype` (float32 or bfloat16).
 """
@@ -189,10 +190,13 @@ class Transformer(nnx.Module):
     return jax.nn.silu(h) @ self.time_hidden[...].astype(dt)
 
   def __call__(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None,
-               return_hidden: bool = False, cond=None):
+               return_hidden: bool = False, cond=None, mask=None):
     """`tokens` are ids (batch, length), or with `token_inputs=False` input vectors
     (batch, length, width). `cond` (batch, length, cond_width) is added to the time embedding.
-    With `aux_features`, returns (logits, aux) (and the hidden states last if asked)."""
+    `mask`: an explicit boolean attention mask (batch, 1, length, length), True where query i
+    may attend to key j, used instead of `cfg.attention` and the segments (the any-order
+    family's two-stream mask); every row must allow some key. With `aux_features`, returns
+    (logits, aux) (and the hidden states last if asked)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     chex.assert_rank(tokens, 2 if cfg.token_inputs else 3)
@@ -220,7 +224,11 @@ class Transformer(nnx.Module):
       if cond is not None:
         chex.assert_shape(cond, (batch, length, cfg.cond_width))
         c = c + cond.astype(c.dtype)
-    mask = attention_mask(segment_ids, cfg.attention, cfg.block_size)
+    if mask is None:
+      mask = attention_mask(segment_ids, cfg.attention, cfg.block_size)
+    else:
+      chex.assert_shape(mask, (batch, 1, length, length))
+      chex.assert_type(mask, bool)
     layer_rngs = None if rng is None or cfg.dropout <= 0 else jax.random.split(rng, cfg.depth)
 
     def run_block(block, x, c, mask, positions, rng):

@@ -11,6 +11,7 @@
 | autoregressive | `autoregressive` | left to right |
 | ccdd | `ccdd`, `ccdd_ddim` | GIDD posterior on tokens + DDPM (DDIM) on z, z guidance |
 | cosmos | `cosmos_sde`, `cosmos_ddim` | reverse SDE (DDIM) over autoencoder latents, then decode |
+| any_order | `assd`, `sequential` | AS-ARM: exact speculative decoding; one token per pass |
 
 The masked samplers take semi-autoregressive blocks, temperature (Gumbel-max or inverse CDF,
 float64 option), top-k, top-p, classifier-free guidance; every sampler takes prompts and
@@ -28,6 +29,7 @@ from flax import nnx
 
 from dlm.errors import DlmError
 from dlm.samplers import ancestral as _ancestral
+from dlm.samplers import any_order as _any_order
 from dlm.samplers import autoregressive as _autoregressive
 from dlm.samplers import ccdd as _ccdd
 from dlm.samplers import confidence as _confidence
@@ -43,6 +45,7 @@ FAMILY_SAMPLERS = {
     "autoregressive": _autoregressive.AUTOREGRESSIVE,
     "ccdd": _ccdd.CCDD,
     "cosmos": _latent.LATENT,
+    "any_order": _any_order.ANY_ORDER,
 }
 SAMPLERS = tuple(n for names in FAMILY_SAMPLERS.values() for n in names)
 
@@ -83,6 +86,7 @@ def check(cfg: SamplerConfig, length: int, family: str = "masked") -> None:
     raise DlmError("need temperature >= 0, 0 < top_p <= 1 and top_k >= 0")
   if cfg.float64 and not jax.config.jax_enable_x64:
     raise DlmError("float64 sampling needs jax_enable_x64 (sample.py --float64 sets it)")
+  _any_order.check(cfg)
   from dlm.samplers.core import block_plan  # pylint: disable=g-import-not-at-top
 
   block_plan(length, cfg)
@@ -102,6 +106,8 @@ def _generate(graphdef, params, cfg: SamplerConfig, rng, canvas: Canvas, times) 
     return _ccdd.ccdd_sampler(model, cfg, rng, canvas, times)
   if family == "cosmos":
     return _latent.latent_sampler(model, cfg, rng, canvas, model.t_min, times)
+  if family == "any_order":
+    return _any_order.generate(model, cfg, rng, canvas)
   length = canvas.tokens.shape[1]
   positions = jnp.broadcast_to(jnp.arange(length), canvas.tokens.shape)
   segments = jnp.ones_like(canvas.tokens)

@@ -33,6 +33,7 @@ class SamplerConfig:
   cfg_scale: float = 0.0  # classifier-free guidance weight w (LLaDA); 0 = off
   grid: str = "uniform"  # ancestral time grid: 'uniform' or 'cosine' (md4)
   z_guidance: float = 1.0  # CCDD guidance w: w f(x, z) + (1 - w) f(x, 0); 1 = off
+  draft_length: int = 5  # ASSD (any_order family): tokens drafted per step, k >= 1
 
 
 class Canvas(NamedTuple):
