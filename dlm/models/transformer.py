@@ -185,6 +185,13 @@ class Transformer(nnx.Module):
                return_hidden: bool = False):
     """`tokens` are ids (batch, length), or with `token_inputs=False` input vectors
     (batch, length, width)."""
+    h = self.features(tokens, t, segment_ids, positions, rng=rng)
+    logits = self.head(h)
+    return (logits, h) if return_hidden else logits
+
+  def features(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None):
+    """The last hidden states (batch, length, width): after the final norm (and its time
+    modulation), before the output head; `head(features(...))` is `__call__`."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     chex.assert_rank(tokens, 2 if cfg.token_inputs else 3)
@@ -233,6 +240,12 @@ class Transformer(nnx.Module):
     if cfg.conditioned:
       mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.final_modulation[...].astype(dt))
       h = h * (1 + mod[:, :, 1]) + mod[:, :, 0]
+    return h
+
+  def head(self, h):
+    """The output head on hidden states (batch, length, width) -> float32 logits."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
     if cfg.tie_embeddings:
       unembed = self.embed[...].T * (cfg.width**-0.5 / 0.02)  # unit-scale logits at init
     else:
@@ -240,4 +253,4 @@ class Transformer(nnx.Module):
     logits = (h @ unembed.astype(dt)).astype(jnp.float32) + self.unembed_bias[...]
     logits = constrain(logits, ("batch", "length", None if cfg.out_features else "vocab"),
                        cfg.rules)
-    return (logits, h) if return_hidden else logits
+    return logits
