@@ -9,6 +9,7 @@
 | continuous | `ddpm`, `ddim`, `euler_ode`, `euler_sde` | reverse Gaussian diffusion of embeddings |
 | neodiff | `neodiff` | x0 prediction, predicted per-token times, re-noising |
 | autoregressive | `autoregressive` | left to right |
+| joint_head | `adjust`, `marginal`, `exact` | ADJUST's sampler head, k + 1 tokens per full pass, and its baselines |
 
 The masked samplers take semi-autoregressive blocks, temperature (Gumbel-max or inverse CDF,
 float64 option), top-k, top-p, classifier-free guidance; every sampler takes prompts and
@@ -29,6 +30,7 @@ from dlm.samplers import ancestral as _ancestral
 from dlm.samplers import autoregressive as _autoregressive
 from dlm.samplers import confidence as _confidence
 from dlm.samplers import continuous as _continuous
+from dlm.samplers import joint as _joint
 from dlm.samplers.ancestral import time_grid  # noqa: F401
 from dlm.samplers.core import Canvas, SamplerConfig, Samples, blank_canvas  # noqa: F401
 
@@ -37,6 +39,7 @@ FAMILY_SAMPLERS = {
     "continuous": _continuous.CONTINUOUS,
     "neodiff": _continuous.NEODIFF,
     "autoregressive": _autoregressive.AUTOREGRESSIVE,
+    "joint_head": _joint.MODES,
 }
 SAMPLERS = tuple(n for names in FAMILY_SAMPLERS.values() for n in names)
 
@@ -89,6 +92,8 @@ def _generate(graphdef, params, cfg: SamplerConfig, rng, canvas: Canvas, times) 
     return _continuous.embedding_sampler(model, cfg, rng, canvas, times)
   if family == "neodiff":
     return _continuous.neodiff_sampler(model, cfg, rng, canvas, times)
+  if family == "joint_head":
+    return _joint.joint(model, cfg, rng, canvas)
   length = canvas.tokens.shape[1]
   positions = jnp.broadcast_to(jnp.arange(length), canvas.tokens.shape)
   segments = jnp.ones_like(canvas.tokens)
