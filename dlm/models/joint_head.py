@@ -199,8 +199,7 @@ class JointHead(nnx.Module):
     kl_marginal = _kl(target, base_logits)  # what the marginal baseline would pay
     total = jnp.sum(jnp.where(scored, kl, 0.0))
     return total, {"loss": total, "tokens": scored.sum(),
-                   "kl_marginal": jnp.sum(jnp.where(scored, kl_marginal, 0.0)),
-                   "masked": (noisy["z"] == self.mask_id).sum()}
+                   "kl_marginal": jnp.sum(jnp.where(scored, kl_marginal, 0.0))}
 
 
 def _kl(target_logits, logits):
