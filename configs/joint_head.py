@@ -5,7 +5,9 @@
       --workdir=runs/joint_head
   python sample.py --workdir=runs/joint_head --sampler=adjust --steps=8 --length=32
 
-The argument is `BASE_WORKDIR,TRAJECTORY_DIR`. The model keys (the base's architecture),
+The argument is `BASE_WORKDIR,TRAJECTORY_DIR` (default `runs/joint_base,runs/joint_traj`; if
+that base has no checkpoint yet, its architecture is configs/joint_base.py's, and training
+stops at train.init_from until it has one). The model keys (the base's architecture),
 diffusion and mesh come from the base's stored config, so the head's workdir alone samples;
 the data are the base's own exact samples with their reveal order, read pre-tokenized with the
 base's tokenizer. The checkpoint holds the frozen base too (train.init_from / init_into).
@@ -27,13 +29,29 @@ def _merge(into, values: dict) -> None:
       into[k] = v
 
 
-def get_config(arg: str = ""):
-  base_dir, _, traj_dir = (arg or "").partition(",")
-  if not base_dir or not traj_dir:
-    raise DlmError("configs/joint_head.py needs BASE_WORKDIR,TRAJECTORY_DIR after the colon")
+def _base(base_dir: str, default: bool) -> dict:
   from dlm.train import loop  # pylint: disable=g-import-not-at-top
 
-  stored = loop.read_config(base_dir).to_dict()
+  try:
+    return loop.read_config(base_dir).to_dict()
+  except DlmError:
+    if not default:
+      raise
+  import importlib.util  # pylint: disable=g-import-not-at-top
+
+  spec = importlib.util.spec_from_file_location(
+      "joint_base", os.path.join(os.path.dirname(os.path.abspath(__file__)), "joint_base.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config().to_dict()
+
+
+def get_config(arg: str = ""):
+  default = not arg
+  base_dir, _, traj_dir = (arg or "runs/joint_base,runs/joint_traj").partition(",")
+  if not base_dir or not traj_dir:
+    raise DlmError("configs/joint_head.py needs BASE_WORKDIR,TRAJECTORY_DIR after the colon")
+  stored = _base(base_dir, default)
   if stored["model"]["family"] != "masked":
     raise DlmError(f"the base {base_dir!r} is a {stored['model']['family']} model; a joint "
                    "head needs a masked one")
