@@ -161,6 +161,8 @@ def test_pass_counts(model):
   assert 0 < f["sampler_pass"] < f["full_pass"]
   with pytest.raises(DlmError, match="does not sample"):
     samplers.check(SamplerConfig(name="adjust", steps=4), L, "masked")
+  with pytest.raises(DlmError, match="block_length"):
+    samplers.check(SamplerConfig(name="adjust", steps=4, block_length=4), L, "joint_head")
 
 
 class _ExactToy:

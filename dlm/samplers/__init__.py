@@ -71,6 +71,8 @@ def check(cfg: SamplerConfig, length: int, family: str = "masked") -> None:
   if cfg.name not in FAMILY_SAMPLERS[family]:
     raise DlmError(f"sampler {cfg.name!r} does not sample {family} models; choose one of "
                    f"{', '.join(FAMILY_SAMPLERS[family])}")
+  if family == "joint_head" and (cfg.block_length or cfg.cfg_scale):
+    raise DlmError("the joint_head samplers take neither block_length nor cfg_scale")
   if cfg.grid not in ("uniform", "cosine"):
     raise DlmError(f"unknown time grid {cfg.grid!r}; expected 'uniform' or 'cosine'")
   if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.top_k < 0:
