@@ -3,7 +3,8 @@
     [sampler options]
 
 The checkpoint holds the model's config and tokenizer; nothing else is needed. Any family:
-masked, continuous, neodiff, autoregressive, any_order (the sampler defaults to the family's first).
+masked, continuous, neodiff, autoregressive, ccdd, cosmos, any_order, joint_head (the sampler
+defaults to the family's first).
 --source conditions a model trained on (source, target) pairs; --schedule loads an optimised
 extrinsic time schedule (NeoDiff, `python -m dlm.neodiff_schedule`). Samples end at the first
 generated eos. --output=FILE.jsonl keeps them with their settings; --show_steps

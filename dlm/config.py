@@ -22,6 +22,10 @@ def base_config() -> ConfigDict:
       # one row per pair, [bos] source [eos] target [eos] ... (eos-filled), the prefix given.
       source_feature="",  # '' = unconditional text; else the feature holding the source
       target_feature="target",  # the feature holding the target (with source_feature)
+      # Documents are JSON objects {"tokens": [ids], ...} already tokenized (with the
+      # tokenizer at data.tokenizer.path), one row each; further int lists become row features
+      # (ADJUST trajectories from `python -m dlm.joint_data`: the reveal `order`).
+      pretokenized=False,
       source_len=0,  # source tokens kept (its first ones); 0 = seq_len // 2
       train_split="train",
       eval_split="validation",  # TFDS split syntax works: 'test', 'train[:1%]', ...
@@ -63,8 +67,10 @@ def base_config() -> ConfigDict:
 
   # Model: the family and its backbone (dlm/models/transformer.py).
   config.model = ConfigDict(dict(
-      # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' | 'any_order'
-      # (see dlm.models.FAMILIES)
+      # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' | 'ccdd' | 'cosmos_ae' |
+      # 'cosmos' | 'any_order' | 'joint_head' (see dlm.models.FAMILIES; 'joint_head':
+      # ADJUST's sampler head on a frozen masked model whose architecture the other
+      # model keys describe, configs/joint_head.py)
       family="masked",
       width=256,
       depth=6,
@@ -168,6 +174,16 @@ def base_config() -> ConfigDict:
       order="left_to_right",  # the targets' order: 'left_to_right' | 'random' (any order)
   ))
 
+  # ADJUST joint-sampling head (model.family='joint_head', dlm/models/joint_head.py).
+  config.joint = ConfigDict(dict(
+      unrolls=7,  # head unrolls in training (the paper's speculation_len); loss at K ~ U{1..}
+      # which tokens training masks: 'trajectory' (the last fraction of each row's reveal
+      # order: states of the exact sampler) or 'random' (random positions, the paper's code;
+      # reveals then follow the base's entropy)
+      noising="trajectory",
+      zero_init=True,  # the head's output norm starts at 0: the untrained head is the marginal
+  ))
+
   # Training (train.py, dlm/train/).
   config.train = ConfigDict(dict(
       steps=10_000,
@@ -221,6 +237,9 @@ def validate(config: ConfigDict) -> ConfigDict:
     resolve_source_len(d.seq_len, d.source_len)
   elif not isinstance(d.source_len, int) or d.source_len < 0:
     raise DlmError(f"data.source_len must be a non-negative integer, got {d.source_len!r}")
+  if d.pretokenized and (d.source_feature or not d.tokenizer.path):
+    raise DlmError("data.pretokenized needs data.tokenizer.path (the tokenizer of the ids) "
+                   "and no data.source_feature")
   if not isinstance(d.streams, int) or isinstance(d.streams, bool) or d.streams < 0:
     raise DlmError(f"data.streams must be a non-negative integer, got {d.streams!r}")
   t = config.train
@@ -276,6 +295,14 @@ def validate(config: ConfigDict) -> ConfigDict:
 
     if a.order not in ORDERS:
       raise DlmError(f"any_order.order must be one of {ORDERS}, got {a.order!r}")
+  j = config.joint
+  if j.noising not in ("trajectory", "random") or not isinstance(j.unrolls, int) or j.unrolls < 1:
+    raise DlmError(f"joint.noising must be 'trajectory' or 'random' and joint.unrolls >= 1, got "
+                   f"{j.noising!r} and {j.unrolls!r}")
+  if m.family == "joint_head" and (not t.init_from or t.init_into.strip("/") != "base"):
+    raise DlmError("model.family='joint_head' trains a head on a frozen base: set "
+                   "train.init_from to the base's workdir and train.init_into='base' "
+                   "(configs/joint_head.py does)")
   if config.diffusion.schedule not in KINDS:
     raise DlmError(f"unknown diffusion.schedule {config.diffusion.schedule!r}; "
                    f"expected one of {KINDS}")

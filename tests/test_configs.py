@@ -28,7 +28,8 @@ def test_config_loads_and_builds(path):
     assert name in config[section], key
   doc = path.read_text().split('"""')[1]
   assert "--config=configs/" + path.name in doc  # the docstring is the command that runs it
-  model = nnx.eval_shape(lambda: models.build(config, _Vocab(30_000), nnx.Rngs(0)))
+  # all-MiniLM-L6-v2's vocabulary: CCDD and Cosmos need their frozen encoder's tokenizer.
+  model = nnx.eval_shape(lambda: models.build(config, _Vocab(30_522), nnx.Rngs(0)))
   n = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
   assert n > 0
 

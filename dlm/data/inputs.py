@@ -137,6 +137,7 @@ def _iterator(config, tokenizer, mesh, split: str, train: bool) -> pipeline.Batc
       prefetch=d.prefetch,
       pairs=pairs,
       source_len=d.source_len,
+      pretokenized=d.get("pretokenized", False),
   )
   return pipeline.BatchIterator(ds, pipeline.batch_sharding(mesh, config.mesh.rules))
 

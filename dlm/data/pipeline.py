@@ -95,6 +95,42 @@ def _from_packed(pad_id: int):
   return fn
 
 
+class _IdRows(grain.transforms.Map):
+  """A pre-tokenized document, a JSON object `{"tokens": [ids], ...}` of int lists of one
+  length <= seq_len, -> one row; every other list becomes a row feature of its own (e.g. the
+  reveal `order` of a joint-sampling trajectory, dlm/joint_data.py), padded with -1."""
+
+  def __init__(self, seq_len: int, pad_id: int):
+    self._seq_len = seq_len
+    self._pad_id = pad_id
+
+  def map(self, text: str) -> dict[str, np.ndarray]:
+    import json  # pylint: disable=g-import-not-at-top
+
+    try:
+      record = json.loads(text)
+      tokens = np.asarray(record["tokens"], np.int32)
+      extra = {k: np.asarray(v, np.int32) for k, v in record.items() if k != "tokens"}
+    except (ValueError, TypeError, KeyError) as e:
+      raise DlmError("data.pretokenized: a document is not a JSON object with an int list "
+                     f"'tokens' ({type(e).__name__}: {e})") from None
+    n = len(tokens)
+    if tokens.ndim != 1 or not 0 < n <= self._seq_len or any(
+        v.shape != tokens.shape for v in extra.values()):
+      raise DlmError(f"data.pretokenized: a document's lists must have one length in "
+                     f"[1, data.seq_len={self._seq_len}], got {n} and "
+                     f"{ {k: v.shape for k, v in extra.items()} }")
+    row = {"tokens": np.full((self._seq_len,), self._pad_id, np.int32),
+           "segment_ids": np.zeros((self._seq_len,), np.int32),
+           "positions": np.zeros((self._seq_len,), np.int32),
+           "given": np.zeros((self._seq_len,), bool)}
+    row["tokens"][:n], row["segment_ids"][:n], row["positions"][:n] = tokens, 1, np.arange(n)
+    for k, v in extra.items():
+      row[k] = np.full((self._seq_len,), -1, np.int32)
+      row[k][:n] = v
+    return row
+
+
 # Conditional (source -> target) rows -------------------------------------------------------
 
 
@@ -202,13 +238,15 @@ def dataset(
     prefetch: int = 0,
     pairs: bool = False,
     source_len: int = 0,
+    pretokenized: bool = False,
 ) -> grain.IterDataset:
   """Batches of this process's share of `documents` (per-process `batch_size` rows each).
 
   With `num_epochs=None` the stream is endless (training); with a finite count the last batch
   is filled with empty rows (segment id 0) to the full batch size (evaluation). With
   `pairs=True` the documents are `(source, target)` texts, one row each (`packing` and
-  `add_bos` do not apply; `source_len` 0 = `seq_len // 2`).
+  `add_bos` do not apply; `source_len` 0 = `seq_len // 2`). With `pretokenized=True` each
+  document is a JSON object of token ids (and further int lists), one row each (`_IdRows`).
   """
   check_seq_len(seq_len)
   if pairs:
@@ -229,6 +267,8 @@ def dataset(
     ds = ds.repeat(num_epochs)
   if pairs:
     ds = ds.map(_PairRows(tokenizer, seq_len, source_len)).to_iter_dataset()
+  elif pretokenized:
+    ds = ds.map(_IdRows(seq_len, tokenizer.pad_id)).to_iter_dataset()
   else:
     ds = ds.map(_Tokenize(tokenizer, add_bos)).to_iter_dataset()
     if packing == "concat":

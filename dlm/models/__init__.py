@@ -9,7 +9,7 @@ from dlm.errors import DlmError
 from dlm.models.transformer import TransformerConfig
 
 FAMILIES = ("masked", "continuous", "neodiff", "autoregressive", "ccdd", "cosmos_ae", "cosmos",
-            "any_order")
+            "any_order", "joint_head")
 
 
 def transformer_config(config, vocab_size: int, **overrides) -> TransformerConfig:
@@ -29,6 +29,14 @@ def transformer_config(config, vocab_size: int, **overrides) -> TransformerConfi
 def build(config, tokenizer, rngs: nnx.Rngs) -> nnx.Module:
   """The model of `config.model.family` for this tokenizer's vocabulary."""
   family = config.model.family
+  if family == "joint_head":  # the base is the masked model that config.model describes
+    from dlm.models.joint_head import JointConfig, JointHead  # pylint: disable=g-import-not-at-top
+
+    base_config = config.copy_and_resolve_references()
+    with base_config.unlocked():
+      base_config.model.family = "masked"
+    return JointHead(build(base_config, tokenizer, rngs), JointConfig(**config.joint.to_dict()),
+                     rngs)
   if family == "masked":
     from dlm.models.masked import MaskedDiffusion  # pylint: disable=g-import-not-at-top
     from dlm.processes.masked import MaskedProcess  # pylint: disable=g-import-not-at-top

@@ -197,6 +197,19 @@ class Transformer(nnx.Module):
     may attend to key j, used instead of `cfg.attention` and the segments (the any-order
     family's two-stream mask); every row must allow some key. With `aux_features`, returns
     (logits, aux) (and the hidden states last if asked)."""
+    h, aux = self._features(tokens, t, segment_ids, positions, rng, cond, mask)
+    logits = self.head(h)
+    out = (logits, aux) if self.cfg.aux_features else (logits,)
+    out = out + (h,) if return_hidden else out
+    return out if len(out) > 1 else out[0]
+
+  def features(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None, cond=None,
+               mask=None):
+    """The last hidden states (batch, length, width): after the final norm (and its time
+    modulation), before the output head; `head(features(...))` is `__call__`'s logits."""
+    return self._features(tokens, t, segment_ids, positions, rng, cond, mask)[0]
+
+  def _features(self, tokens, t, segment_ids, positions, rng, cond, mask):
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     chex.assert_rank(tokens, 2 if cfg.token_inputs else 3)
@@ -259,6 +272,12 @@ class Transformer(nnx.Module):
     if cfg.conditioned:
       mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.final_modulation[...].astype(dt))
       h = h * (1 + mod[:, :, 1]) + mod[:, :, 0]
+    return h, aux
+
+  def head(self, h):
+    """The output head on hidden states (batch, length, width) -> float32 logits."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
     if cfg.tie_embeddings:
       unembed = self.embed[...].T * (cfg.width**-0.5 / 0.02)  # unit-scale logits at init
     else:
@@ -266,6 +285,4 @@ class Transformer(nnx.Module):
     logits = (h @ unembed.astype(dt)).astype(jnp.float32) + self.unembed_bias[...]
     logits = constrain(logits, ("batch", "length", None if cfg.out_features else "vocab"),
                        cfg.rules)
-    out = (logits, aux) if cfg.aux_features else (logits,)
-    out = out + (h,) if return_hidden else out
-    return out if len(out) > 1 else out[0]
+    return logits

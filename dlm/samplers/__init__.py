@@ -12,6 +12,7 @@
 | ccdd | `ccdd`, `ccdd_ddim` | GIDD posterior on tokens + DDPM (DDIM) on z, z guidance |
 | cosmos | `cosmos_sde`, `cosmos_ddim` | reverse SDE (DDIM) over autoencoder latents, then decode |
 | any_order | `assd`, `sequential` | AS-ARM: exact speculative decoding; one token per pass |
+| joint_head | `adjust`, `marginal`, `exact` | ADJUST's sampler head, k + 1 tokens per full pass, and its baselines |
 
 The masked samplers take semi-autoregressive blocks, temperature (Gumbel-max or inverse CDF,
 float64 option), top-k, top-p, classifier-free guidance; every sampler takes prompts and
@@ -35,6 +36,7 @@ from dlm.samplers import ccdd as _ccdd
 from dlm.samplers import confidence as _confidence
 from dlm.samplers import continuous as _continuous
 from dlm.samplers import latent as _latent
+from dlm.samplers import joint as _joint
 from dlm.samplers.ancestral import time_grid  # noqa: F401
 from dlm.samplers.core import Canvas, SamplerConfig, Samples, blank_canvas  # noqa: F401
 
@@ -46,6 +48,7 @@ FAMILY_SAMPLERS = {
     "ccdd": _ccdd.CCDD,
     "cosmos": _latent.LATENT,
     "any_order": _any_order.ANY_ORDER,
+    "joint_head": _joint.MODES,
 }
 SAMPLERS = tuple(n for names in FAMILY_SAMPLERS.values() for n in names)
 
@@ -80,6 +83,8 @@ def check(cfg: SamplerConfig, length: int, family: str = "masked") -> None:
   if cfg.name not in FAMILY_SAMPLERS[family]:
     raise DlmError(f"sampler {cfg.name!r} does not sample {family} models; choose one of "
                    f"{', '.join(FAMILY_SAMPLERS[family])}")
+  if family == "joint_head" and (cfg.block_length or cfg.cfg_scale):
+    raise DlmError("the joint_head samplers take neither block_length nor cfg_scale")
   if cfg.grid not in ("uniform", "cosine"):
     raise DlmError(f"unknown time grid {cfg.grid!r}; expected 'uniform' or 'cosine'")
   if cfg.temperature < 0 or not 0 < cfg.top_p <= 1 or cfg.top_k < 0:
@@ -108,6 +113,8 @@ def _generate(graphdef, params, cfg: SamplerConfig, rng, canvas: Canvas, times) 
     return _latent.latent_sampler(model, cfg, rng, canvas, model.t_min, times)
   if family == "any_order":
     return _any_order.generate(model, cfg, rng, canvas)
+  if family == "joint_head":
+    return _joint.joint(model, cfg, rng, canvas)
   length = canvas.tokens.shape[1]
   positions = jnp.broadcast_to(jnp.arange(length), canvas.tokens.shape)
   segments = jnp.ones_like(canvas.tokens)

@@ -45,6 +45,7 @@ class Samples(NamedTuple):
   tokens: jax.Array  # (batch, length)
   nfe: jax.Array  # (batch,) denoiser forward passes spent on each sequence
   revealed_at: jax.Array  # (batch, length) step that revealed each position; -1 if given
+  sampler_passes: jax.Array | None = None  # (batch,) joint_head samplers: head passes
 
 
 def blank_canvas(batch: int, length: int, mask_id: int) -> Canvas:

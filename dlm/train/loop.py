@@ -117,7 +117,9 @@ class Evaluator:
     empty.update(segment_ids=np.zeros_like(empty["tokens"]),
                  positions=np.zeros_like(empty["tokens"]),
                  given=np.zeros(empty["tokens"].shape, bool))
-    local_batches += [{k: empty[k] for k in (local_batches or [empty])[0]}] * (
+    first = (local_batches or [empty])[0]  # features beyond `empty`'s (e.g. an 'order'): -1
+    local_batches += [{k: empty[k] if k in empty else np.full_like(first[k], -1)
+                       for k in first}] * (
         n - len(local_batches))
     self._batches = [{k: jax.make_array_from_process_local_data(it.sharding, v)
                       for k, v in local.items()} for local in local_batches]

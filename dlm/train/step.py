@@ -89,11 +89,9 @@ def make_train_step(graphdef, tx, lr_schedule, train_cfg, shardings: TrainState,
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
     decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    if frozen is None:
-      ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
-    else:  # a frozen parameter's average is itself, exactly (no rounding drift)
-      ema = jax.tree.map(lambda e, p, f: p if f else decay * e + (1.0 - decay) * p,
-                         state.ema, params, frozen)
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
+    if frozen is not None:  # a frozen parameter's average is itself, bit for bit
+      ema = jax.tree.map(lambda e, p, f: p if f else e, ema, params, frozen)
     out = summarize(metrics)
     out.update(grad_norm=optax.tree.norm(grads), lr=lr_schedule(state.step),
                masked_fraction=metrics.get("masked", 0) / tokens)
