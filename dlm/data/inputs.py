@@ -137,6 +137,7 @@ def _iterator(config, tokenizer, mesh, split: str, train: bool) -> pipeline.Batc
       prefetch=d.prefetch,
       pairs=pairs,
       source_len=d.source_len,
+      response_padding=d.response_padding,
   )
   return pipeline.BatchIterator(ds, pipeline.batch_sharding(mesh, config.mesh.rules))
 
