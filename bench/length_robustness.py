@@ -120,8 +120,8 @@ def table(rows) -> str:
   lines = [f"| model | metric | {head} |", "|---|---|" + "---|" * len(lengths)]
   for name in dict.fromkeys(r["model"] for r in rows):
     by = {r["max_length"]: r for r in rows if r["model"] == name}
-    for metric, fmt in (("len_ratio", "{:.2f}"), ("mean_len", "{:.0f}"),
-                        ("empty_fraction", "{:.2f}"), ("bleu", "{:.1f}")):
+    for metric, fmt in (("len_ratio", "{:.3f}"), ("mean_len", "{:.1f}"),
+                        ("empty_fraction", "{:.2f}"), ("bleu", "{:.2f}")):
       cells = " | ".join(fmt.format(by[n][metric]) for n in lengths)
       lines.append(f"| {LABELS.get(name, name)} | {metric} | {cells} |")
   return "\n".join(lines)

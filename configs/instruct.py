@@ -47,7 +47,7 @@ def get_config(variant: str = "eos"):
                      seq_len=PROMPT_LEN + 2 + GENERATION_LEN,
                      response_padding="eos" if variant == "eos" else "rainbow")
   config.diffusion.loss_norm = "response"
-  config.train.update(steps=150, batch_size=8, lr=1e-3, b2=0.95, warmup_steps=20,
+  config.train.update(steps=300, batch_size=8, lr=1e-3, b2=0.95, warmup_steps=20,
                       lr_schedule="constant", log_every=25, eval_every=150,
                       checkpoint_every=50, eval_batches=4, ema_decay=0.99)
   if variant == "lora":
