@@ -27,6 +27,10 @@ def base_config() -> ConfigDict:
       # (ADJUST trajectories from `python -m dlm.joint_data`: the reveal `order`).
       pretokenized=False,
       source_len=0,  # source tokens kept (its first ones); 0 = seq_len // 2
+      # How a pair row is filled after the target (instruction tuning, Kim et al. 2025):
+      # 'eos' = eos repeated to the row's end (LLaDA SFT); 'rainbow' = one eos, then the
+      # reserved pads pad_0 .. pad_{K-1} cycling (K = tokenizer.num_reserved_pads).
+      response_padding="eos",
       train_split="train",
       eval_split="validation",  # TFDS split syntax works: 'test', 'train[:1%]', ...
       document_per="file",  # text:GLOB only: 'file' or 'line'
@@ -88,6 +92,12 @@ def base_config() -> ConfigDict:
       remat="none",  # rematerialisation: 'none' | 'full' | 'dots' | 'dots_all'
       scan_layers=False,  # nnx.scan over layers: one compiled layer, faster compiles
       attention_impl="xla",  # 'xla' | 'cudnn' (GPU flash attention) | 'auto'
+      # Low-rank adapters W + (lora_alpha / lora_rank) A B on every block's dense weights
+      # (attention qkv/out, MLP in/down); B starts at zero, so an adapted model starts equal
+      # to its base. 0 = none (no adapter parameters at all: old checkpoints load). Train
+      # only them with train.freeze='^(?!.*lora_)' and train.init_from=BASE_WORKDIR.
+      lora_rank=0,
+      lora_alpha=16.0,
   ))
 
   # Masked diffusion process (dlm/processes/masked.py).
@@ -97,6 +107,10 @@ def base_config() -> ConfigDict:
       eps=1e-4,  # keeps 0 < alpha < 1 (md4); loglinear: alpha(1) = eps (MDLM)
       timesteps=0,  # 0: continuous-time NELBO; T > 0: discrete-time NELBO with T steps
       antithetic=True,  # low-discrepancy time sampling over the batch
+      # How the loss is averaged: 'token' = over all scored tokens of the batch (MDLM/MD4);
+      # 'response' = each row's loss divided by its scored length (a pair's response with its
+      # padding), then the mean over rows, as in LLaDA's SFT. Reported bits stay per token.
+      loss_norm="token",
   ))
 
   # Continuous diffusion over token embeddings (dlm/models/continuous.py, CDCD/Plaid style).
@@ -240,6 +254,11 @@ def validate(config: ConfigDict) -> ConfigDict:
   if d.pretokenized and (d.source_feature or not d.tokenizer.path):
     raise DlmError("data.pretokenized needs data.tokenizer.path (the tokenizer of the ids) "
                    "and no data.source_feature")
+  if d.response_padding not in ("eos", "rainbow"):
+    raise DlmError(f"data.response_padding must be 'eos' or 'rainbow', got "
+                   f"{d.response_padding!r}")
+  if d.response_padding == "rainbow" and d.tokenizer.num_reserved_pads < 1:
+    raise DlmError("data.response_padding='rainbow' needs data.tokenizer.num_reserved_pads >= 1")
   if not isinstance(d.streams, int) or isinstance(d.streams, bool) or d.streams < 0:
     raise DlmError(f"data.streams must be a non-negative integer, got {d.streams!r}")
   t = config.train
@@ -303,6 +322,13 @@ def validate(config: ConfigDict) -> ConfigDict:
     raise DlmError("model.family='joint_head' trains a head on a frozen base: set "
                    "train.init_from to the base's workdir and train.init_into='base' "
                    "(configs/joint_head.py does)")
+  if not isinstance(m.lora_rank, int) or isinstance(m.lora_rank, bool) or m.lora_rank < 0:
+    raise DlmError(f"model.lora_rank must be a non-negative integer, got {m.lora_rank!r}")
+  if m.lora_rank and m.lora_alpha <= 0:
+    raise DlmError(f"model.lora_alpha must be positive, got {m.lora_alpha!r}")
+  if config.diffusion.loss_norm not in ("token", "response"):
+    raise DlmError(f"diffusion.loss_norm must be 'token' or 'response', got "
+                   f"{config.diffusion.loss_norm!r}")
   if config.diffusion.schedule not in KINDS:
     raise DlmError(f"unknown diffusion.schedule {config.diffusion.schedule!r}; "
                    f"expected one of {KINDS}")

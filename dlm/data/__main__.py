@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from absl import app
 
 from dlm import cli
@@ -60,16 +61,17 @@ def pair_stats(pairs, tokenizer, seq_len: int, source_len: int,
   return stats
 
 
-def pair_example(pairs, tokenizer, seq_len: int, source_len: int) -> dict:
+def pair_example(pairs, tokenizer, seq_len: int, source_len: int, padding: str = "eos") -> dict:
   """The first pair of a split: its texts, the given prefix length and the decoded row."""
   record = pairs.record(0)
   source, target = pairs[0]
   row = pipeline.pair_row(tokenizer, tokenizer.encode(source), tokenizer.encode(target),
-                          seq_len=seq_len, source_len=source_len)
+                          seq_len=seq_len, source_len=source_len, padding=padding)
   given = int(row["given"].sum())
   tokens = row["tokens"]
   after = tokens[given:]
-  fill = int((after == tokenizer.eos_id)[::-1].cumprod().sum())  # the trailing eos run
+  stops = np.isin(after, [tokenizer.eos_id, *tokenizer.reserved_pad_ids])
+  fill = int(stops[::-1].cumprod().sum())  # the trailing eos (and rainbow pad) run
   n_target = len(after) - fill
   return {
       "key": record.get("path", "0"),
@@ -132,7 +134,7 @@ def inspect_pairs(config, tokenizer) -> dict:
       "vocab_size": tokenizer.vocab_size,
       "tokenizer": d.tokenizer.path or inputs.bpe_cache_path(d),
       "example": pair_example(inputs.open_pairs(d, d.eval_split), tokenizer, d.seq_len,
-                              source_len),
+                              source_len, d.response_padding),
   }
 
 

@@ -138,6 +138,7 @@ def _iterator(config, tokenizer, mesh, split: str, train: bool) -> pipeline.Batc
       pairs=pairs,
       source_len=d.source_len,
       pretokenized=d.get("pretokenized", False),
+      response_padding=d.response_padding,
   )
   return pipeline.BatchIterator(ds, pipeline.batch_sharding(mesh, config.mesh.rules))
 

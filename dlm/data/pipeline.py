@@ -21,7 +21,10 @@ keeps its first `source_len` tokens (`data.source_len`, 0 = `seq_len // 2`), the
 to fit with at least one closing eos, and the rest of the row is eos: real tokens to predict
 (LLaDA-style eos padding), so `segment_ids` is 1 on the whole row and `positions` counts 0 ..
 seq_len-1. `given` is True on `[bos] source [eos]`. `pair_prompt` builds the same prefix as a
-sampling canvas, the mask token everywhere else.
+sampling canvas, the mask token everywhere else. Rainbow padding (`data.response_padding=
+"rainbow"`, Kim et al. 2025) keeps one closing eos and fills the rest of the row with the
+tokenizer's reserved pads cycling, `[bos] source [eos] target [eos] pad_0 pad_1 .. pad_{K-1}
+pad_0 ..`: every pad position is still a real token to predict.
 
 Documents are sharded before anything else: process `i` of `n` reads documents `i, i+n, ...`;
 training shuffles them with `data.seed`, anew each epoch. The iterator's state (a small dict)
@@ -154,15 +157,36 @@ def _pair_prefix(tokenizer: Tokenizer, source_ids: np.ndarray, source_len: int) 
                          [tokenizer.eos_id]]).astype(np.int32)
 
 
+PADDINGS = ("eos", "rainbow")
+
+
+def response_padding_ids(tokenizer: Tokenizer, padding: str, length: int) -> np.ndarray:
+  """What follows a response's closing eos, `length` tokens: eos again ('eos'), or the
+  reserved pads pad_0 .. pad_{K-1} cycling ('rainbow')."""
+  if padding == "eos":
+    return np.full((length,), tokenizer.eos_id, np.int32)
+  if padding == "rainbow":
+    pads = np.asarray(tokenizer.reserved_pad_ids, np.int32)
+    if not len(pads):
+      raise DlmError("rainbow padding needs reserved pad tokens: set "
+                     "data.tokenizer.num_reserved_pads >= 1")
+    return pads[np.arange(length) % len(pads)]
+  raise DlmError(f"data.response_padding must be one of {PADDINGS}, got {padding!r}")
+
+
 def pair_row(tokenizer: Tokenizer, source_ids: np.ndarray, target_ids: np.ndarray, *,
-             seq_len: int, source_len: int) -> dict[str, np.ndarray]:
-  """One training row of a pair (see the module docstring); `source_len` already resolved."""
+             seq_len: int, source_len: int, padding: str = "eos") -> dict[str, np.ndarray]:
+  """One training row of a pair (see the module docstring); `source_len` already resolved;
+  `padding`: 'eos' or 'rainbow' after the target's closing eos."""
   prefix = _pair_prefix(tokenizer, source_ids, source_len)
   n = len(prefix)
   target = target_ids[:seq_len - n - 1]  # room for at least one closing eos
-  tokens = np.full((seq_len,), tokenizer.eos_id, np.int32)
+  end = n + len(target)
+  tokens = np.empty((seq_len,), np.int32)
   tokens[:n] = prefix
-  tokens[n:n + len(target)] = target
+  tokens[n:end] = target
+  tokens[end] = tokenizer.eos_id
+  tokens[end + 1:] = response_padding_ids(tokenizer, padding, seq_len - end - 1)
   given = np.zeros((seq_len,), bool)
   given[:n] = True
   return {"tokens": tokens, "segment_ids": np.ones((seq_len,), np.int32),
@@ -188,16 +212,17 @@ def pair_prompt(tokenizer: Tokenizer, source_text: str, seq_len: int,
 class _PairRows(grain.transforms.Map):
   """(source text, target text) -> one row (`pair_row`)."""
 
-  def __init__(self, tokenizer: Tokenizer, seq_len: int, source_len: int):
+  def __init__(self, tokenizer: Tokenizer, seq_len: int, source_len: int, padding: str):
     self._tokenizer = tokenizer
     self._seq_len = seq_len
     self._source_len = source_len
+    self._padding = padding
 
   def map(self, pair: tuple[str, str]) -> dict[str, np.ndarray]:
     source, target = pair
     return pair_row(self._tokenizer, self._tokenizer.encode(source),
                     self._tokenizer.encode(target), seq_len=self._seq_len,
-                    source_len=self._source_len)
+                    source_len=self._source_len, padding=self._padding)
 
 
 def _fill_batch(batch_size: int, pad_id: int):
@@ -239,18 +264,21 @@ def dataset(
     pairs: bool = False,
     source_len: int = 0,
     pretokenized: bool = False,
+    response_padding: str = "eos",
 ) -> grain.IterDataset:
   """Batches of this process's share of `documents` (per-process `batch_size` rows each).
 
   With `num_epochs=None` the stream is endless (training); with a finite count the last batch
   is filled with empty rows (segment id 0) to the full batch size (evaluation). With
   `pairs=True` the documents are `(source, target)` texts, one row each (`packing` and
-  `add_bos` do not apply; `source_len` 0 = `seq_len // 2`). With `pretokenized=True` each
-  document is a JSON object of token ids (and further int lists), one row each (`_IdRows`).
+  `add_bos` do not apply; `source_len` 0 = `seq_len // 2`; `response_padding` 'eos' or
+  'rainbow'). With `pretokenized=True` each document is a JSON object of token ids (and
+  further int lists), one row each (`_IdRows`).
   """
   check_seq_len(seq_len)
   if pairs:
     source_len = resolve_source_len(seq_len, source_len)
+    response_padding_ids(tokenizer, response_padding, 0)  # checks the scheme
   if packing not in ("concat", "pad"):
     raise DlmError(f"data.packing must be 'concat' or 'pad', got {packing!r}")
   if batch_size <= 0:
@@ -266,7 +294,7 @@ def dataset(
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
   if pairs:
-    ds = ds.map(_PairRows(tokenizer, seq_len, source_len)).to_iter_dataset()
+    ds = ds.map(_PairRows(tokenizer, seq_len, source_len, response_padding)).to_iter_dataset()
   elif pretokenized:
     ds = ds.map(_IdRows(seq_len, tokenizer.pad_id)).to_iter_dataset()
   else:

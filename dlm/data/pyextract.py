@@ -38,6 +38,16 @@ class Comment:
 
 
 @dataclasses.dataclass(frozen=True)
+class Instruction:
+  """One function or method with a multi-sentence docstring, as a (prompt -> response) pair."""
+
+  qualname: str  # "json.JSONEncoder.default"
+  lineno: int  # line of the `def` (1-based)
+  prompt: str  # "json.dumps(obj, *, skipkeys=False, ...)\n" + the docstring's first sentence
+  response: str  # the rest of the docstring (cleaned, its layout kept)
+
+
+@dataclasses.dataclass(frozen=True)
 class Summary:
   """One function or method with a docstring, as a (source -> target) pair."""
 
@@ -194,6 +204,44 @@ def summaries(source: str, module: str, *, max_source_chars: int = 4000,
       continue
     if len(code) <= max_source_chars:
       found.append(Summary(qualname, node.lineno, code, target))
+  found.sort(key=lambda s: s.lineno)
+  return found
+
+
+def rest_after_first_sentence(docstring: str) -> str:
+  """The docstring (cleaned, layout kept) after the words of `first_sentence`."""
+  text = inspect.cleandoc(docstring).strip()
+  words = len(first_sentence(text).split())
+  if not words:
+    return text
+  ends = [m.end() for m in re.finditer(r"\S+", text)]
+  return text[ends[words - 1]:].strip() if words <= len(ends) else ""
+
+
+def instructions(source: str, module: str, *, min_prompt_words: int = 3,
+                 min_response_words: int = 3, max_response_chars: int = 1500) -> list[Instruction]:
+  """(signature + first sentence -> rest of the docstring) for every function and method.
+
+  The prompt is the qualified signature (`json.dumps(obj, *, skipkeys=False)`) on one line and
+  the docstring's first sentence on the next; the response is everything after that sentence.
+  Functions whose first sentence has fewer than `min_prompt_words` words, whose rest has fewer
+  than `min_response_words` words or more than `max_response_chars` characters are left out.
+  In source order.
+  """
+  found = []
+  for qualname, node in _definitions(ast.parse(source), module):
+    if isinstance(node, ast.ClassDef):
+      continue
+    docstring = ast.get_docstring(node, clean=True)
+    if not docstring:
+      continue
+    summary = first_sentence(docstring)
+    response = rest_after_first_sentence(docstring)
+    if (len(summary.split()) < min_prompt_words or len(response.split()) < min_response_words
+        or len(response) > max_response_chars):
+      continue
+    prompt = f"{qualname}({ast.unparse(node.args)})\n{summary}"
+    found.append(Instruction(qualname, node.lineno, prompt, response))
   found.sort(key=lambda s: s.lineno)
   return found
 

@@ -1,6 +1,6 @@
 """The embedded default corpus: a TFDS builder over the running interpreter's standard library.
 
-Three configs, all split into train/validation by a hash of each file's path (no file in both):
+Four configs, all split into train/validation by a hash of each file's path (no file in both):
 
 * `python_stdlib/docs`: English prose, one document per source file holding its module, class
   and function docstrings and comments in line order (see `pyextract`), plus one document per
@@ -11,6 +11,10 @@ Three configs, all split into train/validation by a hash of each file's path (no
   docstring: `source` is its code with the docstring cut out, `target` the docstring's first
   sentence, `path` its file (see `pyextract.summaries`: targets under 3 words and sources over
   4000 characters are left out).
+* `python_stdlib/instruct`: (prompt -> response) instruction pairs, one per function or method
+  whose docstring goes on after its first sentence: `prompt` is the qualified signature and
+  the first sentence, `response` the rest of the docstring, `path` its file (see
+  `pyextract.instructions`: responses under 3 words or over 1500 characters are left out).
 
 Files under `site-packages` are not part of the standard library; files that do not parse
 (the test suite keeps a few on purpose) are left out of every config. Distributions that strip
@@ -36,6 +40,7 @@ from dlm.data import pyextract
 VALIDATION_FRACTION = 0.05
 MAX_SOURCE_CHARS = 4000  # summarize: longer functions are left out
 MIN_TARGET_WORDS = 3  # summarize: shorter first sentences are left out
+MAX_RESPONSE_CHARS = 1500  # instruct: longer responses are left out
 _SKIP_DIRS = frozenset({"site-packages", "__pycache__"})
 
 
@@ -111,6 +116,18 @@ def pairs(root: pathlib.Path | None = None):
       yield f"{rel}:{s.lineno}", {"source": s.source, "target": s.target, "path": rel}
 
 
+def instruction_pairs(root: pathlib.Path | None = None):
+  """Yields `(key, record)` for every instruct pair: `{"prompt", "response", "path"}`."""
+  def extract(source, rel):
+    return pyextract.instructions(source, pyextract.module_name(rel),
+                                  min_prompt_words=MIN_TARGET_WORDS,
+                                  max_response_chars=MAX_RESPONSE_CHARS)
+
+  for rel, found in _each_file(root or stdlib_root(), extract):
+    for s in found:
+      yield f"{rel}:{s.lineno}", {"prompt": s.prompt, "response": s.response, "path": rel}
+
+
 class PythonStdlibConfig(tfds.core.BuilderConfig):
   pass
 
@@ -126,6 +143,10 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
       PythonStdlibConfig(
           name="summarize",
           description="Function code without its docstring -> the docstring's first sentence.",
+      ),
+      PythonStdlibConfig(
+          name="instruct",
+          description="Signature and first docstring sentence -> the rest of the docstring.",
       ),
   ]
 
@@ -143,12 +164,16 @@ class PythonStdlib(tfds.core.GeneratorBasedBuilder):
   def _feature_names(self) -> tuple[str, ...]:
     if self.builder_config.name == "summarize":
       return ("source", "target", "path")
+    if self.builder_config.name == "instruct":
+      return ("prompt", "response", "path")
     return ("text", "path")
 
   def _split_generators(self, dl_manager):
     del dl_manager
     if self.builder_config.name == "summarize":
       examples = list(pairs())  # extracted once for both splits
+    elif self.builder_config.name == "instruct":
+      examples = list(instruction_pairs())
     else:
       examples = [(key, {"text": text, "path": key})
                   for key, text in documents(self.builder_config.name)]

@@ -21,6 +21,7 @@ def transformer_config(config, vocab_size: int, **overrides) -> TransformerConfi
       dropout=m.dropout, dtype=m.dtype, remat=m.remat, scan_layers=m.scan_layers,
       attention_impl=m.attention_impl, head_init_std=m.head_init_std,
       tie_embeddings=m.tie_embeddings, rules=sharding.normalize_rules(config.mesh.rules),
+      lora_rank=m.get("lora_rank", 0), lora_alpha=m.get("lora_alpha", 16.0),
   )
   fields.update(overrides)
   return TransformerConfig(**fields)
@@ -48,7 +49,8 @@ def build(config, tokenizer, rngs: nnx.Rngs) -> nnx.Module:
         mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size,
         timesteps=d.timesteps, antithetic=d.antithetic,
     )
-    return MaskedDiffusion(transformer_config(config, tokenizer.vocab_size), process, rngs)
+    return MaskedDiffusion(transformer_config(config, tokenizer.vocab_size), process, rngs,
+                           loss_norm=d.get("loss_norm", "token"))
   if family == "continuous":
     from dlm.models.continuous import ContinuousConfig, ContinuousDiffusion  # pylint: disable=g-import-not-at-top
 

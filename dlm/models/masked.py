@@ -16,9 +16,11 @@ class MaskedDiffusion(nnx.Module):
   """`loss` gives the NELBO; samplers use `log_probs` (zero-masking and carry-over)."""
   family = "masked"
 
-  def __init__(self, net_cfg: TransformerConfig, process: MaskedProcess, rngs: nnx.Rngs):
+  def __init__(self, net_cfg: TransformerConfig, process: MaskedProcess, rngs: nnx.Rngs,
+               loss_norm: str = "token"):
     self.net = Transformer(net_cfg, rngs)
     self.process = process
+    self.loss_norm = loss_norm  # 'token' | 'response' (LLaDA SFT: per row, then the mean)
 
   def logits(self, z, t, segment_ids=None, positions=None, *, rng=None):
     """Raw network logits at noisy tokens z with per-token time t (batch, length)."""
@@ -43,11 +45,22 @@ class MaskedDiffusion(nnx.Module):
     return {**batch, "z": z, "t": t, "maskable": maskable}
 
   def loss(self, noisy, *, rng=None, train: bool = True):
-    """Sum over the batch of the per-token NELBO (nats), and metrics as sums."""
+    """Sum over the batch of the per-token NELBO (nats), and metrics as sums.
+
+    With `loss_norm="response"` (LLaDA's SFT) the objective is instead the sum over rows of
+    each row's NELBO divided by its scored length (the response with its padding), and
+    `metrics["norm"]` the number of such rows: the train step divides by it, so the update
+    follows the mean over rows. `nelbo` and `tokens` stay the per-token bound's sums."""
     x, z, t, maskable = noisy["tokens"], noisy["z"], noisy["t"], noisy["maskable"]
     logits = self.logits(z, t, noisy["segment_ids"], noisy["positions"],
                          rng=rng if train else None)
     nelbo = self.process.nelbo(self.process.log_prob_of(logits, x), z, t, maskable)
     total = nelbo.sum()
-    return total, {"nelbo": total, "tokens": maskable.sum(),
-                   "masked": ((z == self.process.mask_id) & maskable).sum()}
+    metrics = {"nelbo": total, "tokens": maskable.sum(),
+               "masked": ((z == self.process.mask_id) & maskable).sum()}
+    if self.loss_norm == "response":
+      lengths = maskable.sum(axis=-1)
+      objective = jnp.sum(nelbo.sum(axis=-1) / jnp.maximum(lengths, 1))
+      metrics["norm"] = (lengths > 0).sum()
+      return objective, metrics
+    return total, metrics

@@ -7,6 +7,12 @@ bidirectional, causal or block-causal masks kept within segments, or an explicit
 (the any-order family's two streams). Layers can be scanned
 (`nnx.scan`, one compiled layer) and rematerialised by policy; parameters are float32 and
 matmuls run in `dtype` (float32 or bfloat16).
+
+Low-rank adapters (LoRA, Hu et al. 2021; `lora_rank > 0`): every block's dense weight W (qkv,
+attention out, MLP in and down) gets a pair A (its input dims x r, random) and B (r x its
+output dims, zeros), and is used as W + (lora_alpha / lora_rank) A B. B starts at zero, so an
+adapted model computes exactly what its base does until the adapters train; with rank 0 there
+are no adapter parameters at all.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class TransformerConfig:
   token_inputs: bool = True  # False: the caller passes input vectors (continuous families)
   out_features: int = 0  # output head width; 0 = vocab_size (logits)
   aux_features: int = 0  # > 0: a second output head (own adaLN final layer), e.g. CCDD's z
+  lora_rank: int = 0  # low-rank adapters on the blocks' dense weights; 0 = none
+  lora_alpha: float = 16.0  # adapter scale lora_alpha / lora_rank
 
   @property
   def head_dim(self) -> int:
@@ -70,7 +78,32 @@ def _init(std: float):
   return nnx.initializers.normal(std)
 
 
-class Attention(nnx.Module):
+class _Adapted(nnx.Module):
+  """A module whose dense weights may carry low-rank adapters `lora_a_<name>`, `lora_b_<name>`."""
+
+  def _add_lora(self, cfg: TransformerConfig, rngs: nnx.Rngs, name: str, in_shape, in_names,
+                out_shape, out_names) -> None:
+    if not cfg.lora_rank:
+      return
+    r = cfg.lora_rank
+    fan_in = 1
+    for n in in_shape:
+      fan_in *= n
+    setattr(self, f"lora_a_{name}", param(rngs, _init(fan_in**-0.5), (*in_shape, r),
+                                          (*in_names, None)))
+    setattr(self, f"lora_b_{name}", param(rngs, nnx.initializers.zeros, (r, *out_shape),
+                                          (None, *out_names)))
+
+  def _weight(self, name: str, dt) -> jax.Array:
+    """W, or W + (alpha / r) A B with adapters, in the compute dtype."""
+    w = getattr(self, name)[...]
+    if self.cfg.lora_rank:
+      a, b = getattr(self, f"lora_a_{name}")[...], getattr(self, f"lora_b_{name}")[...]
+      w = w + (self.cfg.lora_alpha / self.cfg.lora_rank) * jnp.tensordot(a, b, axes=1)
+    return w.astype(dt)
+
+
+class Attention(_Adapted):
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     d, h, k = cfg.width, cfg.heads, cfg.head_dim
@@ -79,32 +112,36 @@ class Attention(nnx.Module):
     self.wqkv = param(rngs, _init(d**-0.5), (d, 3, h, k), ("embed", None, "heads", "kv"))
     out_std = (h * k) ** -0.5 / (2 * cfg.depth) ** 0.5
     self.wo = param(rngs, _init(out_std), (h, k, d), ("heads", "kv", "embed"))
+    self._add_lora(cfg, rngs, "wqkv", (d,), ("embed",), (3, h, k), (None, "heads", "kv"))
+    self._add_lora(cfg, rngs, "wo", (h, k), ("heads", "kv"), (d,), ("embed",))
 
   def __call__(self, x, mask, positions):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     names = ("batch", "length", "heads", "kv")
-    qkv = jnp.einsum("bld,dthk->blthk", x, self.wqkv[...].astype(dt))
+    qkv = jnp.einsum("bld,dthk->blthk", x, self._weight("wqkv", dt))
     q, k, v = (constrain(qkv[:, :, i], names, cfg.rules) for i in range(3))
     q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
     impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
     o = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-    return jnp.einsum("blhk,hkd->bld", o, self.wo[...].astype(dt))
+    return jnp.einsum("blhk,hkd->bld", o, self._weight("wo", dt))
 
 
-class SwiGLU(nnx.Module):
+class SwiGLU(_Adapted):
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     d, m = cfg.width, cfg.mlp_dim
     self.cfg = cfg
     self.w_in = param(rngs, _init(d**-0.5), (d, 2, m), ("embed", None, "mlp"))  # gate, up
     self.w_down = param(rngs, _init(m**-0.5 / (2 * cfg.depth) ** 0.5), (m, d), ("mlp", "embed"))
+    self._add_lora(cfg, rngs, "w_in", (d,), ("embed",), (2, m), (None, "mlp"))
+    self._add_lora(cfg, rngs, "w_down", (m,), ("mlp",), (d,), ("embed",))
 
   def __call__(self, x):
     dt = jnp.dtype(self.cfg.dtype)
-    gate_up = jnp.einsum("bld,dtm->bltm", x, self.w_in[...].astype(dt))
+    gate_up = jnp.einsum("bld,dtm->bltm", x, self._weight("w_in", dt))
     gate, up = gate_up[:, :, 0], gate_up[:, :, 1]
     h = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), self.cfg.rules)
-    return h @ self.w_down[...].astype(dt)
+    return h @ self._weight("w_down", dt)
 
 
 class Block(nnx.Module):

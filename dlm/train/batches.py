@@ -175,7 +175,8 @@ def train_batches(config, tokenizer, mesh, saved: SavedPosition | None = None) -
         docs, tokenizer, seq_len=d.seq_len, batch_size=plan_.rows_per_stream,
         packing=d.packing, add_bos=d.add_bos, shuffle=True, seed=d.seed, num_epochs=None,
         process_index=s, process_count=streams, prefetch=d.prefetch, pairs=pairs,
-        source_len=d.source_len, pretokenized=d.get("pretokenized", False))
+        source_len=d.source_len, pretokenized=d.get("pretokenized", False),
+        response_padding=d.response_padding)
 
   return TrainBatches(make_stream, plan_, batch_sharding)
 

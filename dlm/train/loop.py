@@ -145,7 +145,7 @@ def train(config, workdir: str) -> dict:
   rules = config.mesh.rules
   ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
   latest = ckpts.latest_step()
-  tokenizer = inputs.load_tokenizer(config.data)
+  tokenizer = pretrained.tokenizer(config) or inputs.load_tokenizer(config.data)
   model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
   abstract_model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(t.seed)))
   frozen = pretrained.frozen_mask(abstract_model, nnx.to_pure_dict(nnx.state(abstract_model)),

@@ -7,7 +7,10 @@ Three sources fill parameters after the random initialisation (`state.create`), 
      `train.init_which`), placed under the path `train.init_into` ('' = the root, e.g.
      fine-tuning the same model; 'base' for a head trained on a frozen base model).
 Every loaded array must have the shape of the parameter it replaces; parameters no source
-names keep their random initialisation.
+names keep their random initialisation (e.g. new LoRA adapters, `model.lora_rank`, over a base
+trained without them). A run with `train.init_from` and no `data.tokenizer.path` uses the
+tokenizer stored with that workdir's checkpoint (`tokenizer`), so fine-tuning on another
+dataset keeps the pretrained vocabulary.
 
 Frozen parameters get no update and no optimizer moments (`optax.multi_transform` with
 `set_to_zero`) and no gradient (`jax.lax.stop_gradient` in the train step, so their weight
@@ -75,6 +78,23 @@ def _from_workdir(workdir: str, which: str, into: str, tokenizer) -> dict[str, n
           file=sys.stderr)
   prefix = into.strip("/") + "/" if into.strip("/") else ""
   return {prefix + k: np.asarray(jax.device_get(v)) for k, v in values.items()}
+
+
+def tokenizer(config):
+  """The tokenizer of `train.init_from`'s checkpoint when `data.tokenizer.path` is empty;
+  None otherwise (the run loads or trains its own)."""
+  if not config.train.init_from or config.data.tokenizer.path:
+    return None
+  from dlm.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+
+  ckpts = ckpt_lib.Checkpoints(config.train.init_from, read_only=True, async_save=False)
+  try:
+    step = ckpts.latest_step()
+    if step is None:
+      raise DlmError(f"train.init_from {config.train.init_from!r} holds no checkpoint")
+    return ckpts.read_tokenizer(step, ckpts.read_config(step))
+  finally:
+    ckpts.close()
 
 
 def values(abstract_model: nnx.Module, config, tokenizer) -> dict[str, np.ndarray]:

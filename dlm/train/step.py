@@ -37,7 +37,7 @@ def summarize(metrics: dict) -> dict:
   (`ce`, `mse`, ...) beside it."""
   tokens = jnp.maximum(metrics["tokens"], 1)
   out = {k: v / tokens for k, v in metrics.items()
-         if k not in ("tokens", "masked", "nelbo", "loss")}
+         if k not in ("tokens", "masked", "nelbo", "loss", "norm")}
   if "nelbo" in metrics:
     nats = metrics["nelbo"] / tokens
     out.update(loss=nats, bits_per_token=nats / LN2, perplexity=jnp.exp(nats))
@@ -84,7 +84,10 @@ def make_train_step(graphdef, tx, lr_schedule, train_cfg, shardings: TrainState,
           lambda: loss_fn(state.params, first, rng_net)[1]))
       (grads, metrics), _ = jax.lax.scan(body, (zeros_g, zeros_m), (micro, jnp.arange(accum)))
     tokens = jnp.maximum(metrics["tokens"], 1).astype(jnp.float32)
-    grads = jax.tree.map(lambda g: g / tokens, grads)
+    # The objective's denominator: scored tokens, or the family's own `norm` (rows, for
+    # LLaDA's per-response normalisation), summed over micro-batches like the loss.
+    norm = jnp.maximum(metrics.get("norm", metrics["tokens"]), 1).astype(jnp.float32)
+    grads = jax.tree.map(lambda g: g / norm, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     step = state.step + 1
