@@ -1,8 +1,9 @@
 """Pretrained and frozen parameters: what a run starts from, and what it never trains.
 
 Three sources fill parameters after the random initialisation (`state.create`), in order:
-  1. the model's own `pretrained(config, tokenizer)` hook, if it has one: a partial pure dict (e.g. a frozen
-     Hugging Face encoder's weights under `encoder/`), read from files named in the config;
+  1. the model's own `pretrained(config, tokenizer)` hook, if it has one: a partial pure dict
+     (e.g. a frozen Hugging Face encoder's weights under `encoder/`), read from files named in
+     the config;
   2. `train.init_from`: another workdir's checkpoint (its EMA or raw parameters,
      `train.init_which`), placed under the path `train.init_into` ('' = the root, e.g.
      fine-tuning the same model; 'base' for a head trained on a frozen base model).
