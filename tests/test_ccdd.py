@@ -20,6 +20,8 @@ from dlm.processes.schedules import MaskingSchedule
 from dlm.samplers import ccdd as ccdd_sampler
 from dlm.train import loop
 
+import tiny_fit  # noqa: E402  (tests/)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 V = 12
 MASK = 11
@@ -138,11 +140,7 @@ def _tiny_model(seed=0, **overrides):
   cfg = ccdd.CCDDConfig(latent_dim=8, **overrides)
   model = ccdd.CCDD(net, process, cfg, TINY_BERT, nnx.Rngs(seed))
   # Random "pretrained" encoder weights, so that z0 carries information about the tokens.
-  leaves = jax.tree.leaves(nnx.state(model.encoder))
-  keys = jax.random.split(jax.random.PRNGKey(seed + 7), len(leaves))
-  nnx.update(model.encoder, jax.tree.unflatten(
-      jax.tree.structure(nnx.state(model.encoder)),
-      [jax.random.normal(k, x.shape) * 0.3 for k, x in zip(keys, leaves)]))
+  tiny_fit.randomize_encoder(model.encoder, seed + 7, 0.3)
   # Non-zero z modulation and head, so that guidance and the z channel matter.
   model.z_modulation[...] = jax.random.normal(jax.random.PRNGKey(5), model.z_modulation.shape)
   return model
@@ -171,30 +169,11 @@ def test_guidance_with_w_one_is_the_conditional_prediction():
 
 
 def test_tiny_ccdd_learns_and_keeps_its_encoder():
-  import optax
-
   model = _tiny_model(p_drop_z=0.0)
   x = jnp.tile(jnp.arange(10) % (V - 1), (8, 1))
   batch = {"tokens": x, "segment_ids": jnp.ones_like(x), "positions": jnp.broadcast_to(
       jnp.arange(10), x.shape), "given": jnp.zeros(x.shape, bool)}
-  graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(3e-3)
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt, rng):
-    def loss_fn(p):
-      m = nnx.merge(graphdef, p, frozen)
-      total, metrics = m.loss(m.corrupt(batch, rng), rng=rng)
-      return total / metrics["tokens"], metrics
-    (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt = tx.update(g, opt)
-    return optax.apply_updates(params, updates), opt, loss, metrics
-
-  losses = []
-  for i in range(60):
-    params, opt, loss, metrics = step(params, opt, jax.random.PRNGKey(i))
-    losses.append(float(loss))
+  _, losses, metrics, params = tiny_fit.fit(model, batch, 60)
   assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10]), losses
   assert float(metrics["mse"]) > 0
   # Encoder weights are `Frozen` variables: not in the parameters the optimizer saw.

@@ -6,7 +6,6 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -17,6 +16,8 @@ from dlm.errors import DlmError
 from dlm.models import cosmos, encoders
 from dlm.processes import gaussian
 from dlm.train import loop, pretrained
+
+import tiny_fit  # noqa: E402  (tests/)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -45,11 +46,7 @@ def _tiny_autoencoder(**overrides):
   cfg = cosmos.AutoencoderConfig(vocab_size=V, seq_len=L, num_latents=L, latent_dim=16,
                                  width=32, depth=1, heads=2, **overrides)
   model = cosmos.CosmosAutoencoder(cfg, TINY_BERT, nnx.Rngs(0))
-  leaves = jax.tree.leaves(nnx.state(model.encoder))
-  keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
-  nnx.update(model.encoder, jax.tree.unflatten(
-      jax.tree.structure(nnx.state(model.encoder)),
-      [jax.random.normal(k, x.shape) * 0.5 for k, x in zip(keys, leaves)]))
+  tiny_fit.randomize_encoder(model.encoder, 7, 0.5)
   return model
 
 
@@ -58,23 +55,7 @@ def test_autoencoder_without_augmentations_reconstructs_its_batch():
   x = jax.random.randint(jax.random.PRNGKey(1), (8, L), 0, V)
   batch = {"tokens": x, "segment_ids": jnp.ones_like(x),
            "positions": jnp.broadcast_to(jnp.arange(L), x.shape)}
-  graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
-  tx = optax.adam(3e-3)
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt, rng):
-    def loss_fn(p):
-      m = nnx.merge(graphdef, p, frozen)
-      total, metrics = m.loss(m.corrupt(batch, rng), train=True)
-      return total / metrics["tokens"], metrics
-    (loss, _), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt = tx.update(g, opt)
-    return optax.apply_updates(params, updates), opt, loss
-
-  for i in range(300):
-    params, opt, _ = step(params, opt, jax.random.PRNGKey(i))
-  m = nnx.merge(graphdef, params, frozen)
+  m, _, _, _ = tiny_fit.fit(model, batch, 300)
   _, metrics = m.loss(m.corrupt(batch, jax.random.PRNGKey(0)), train=False)
   accuracy = float(metrics["accuracy"] / metrics["tokens"])
   assert accuracy > 0.95, accuracy

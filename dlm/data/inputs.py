@@ -153,3 +153,23 @@ def eval_iterator(config, tokenizer, mesh) -> pipeline.BatchIterator:
   if not config.data.eval_split:
     raise DlmError("data.eval_split is empty: there is no split to evaluate on")
   return _iterator(config, tokenizer, mesh, config.data.eval_split, train=False)
+
+
+def first_rows(config, tokenizer, rows: int, what: str) -> list[dict]:
+  """The first `rows` training rows or more (whole local batches of numpy arrays, read on one
+  device), for statistics fitted when a run starts (a PCA, per-channel standardisation)."""
+  from dlm import sharding  # pylint: disable=g-import-not-at-top
+
+  it = train_iterator(config, tokenizer, sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+  out, seen = [], 0
+  try:
+    while seen < rows:
+      out.append(it.next_local())
+      seen += len(out[-1]["tokens"])
+  except StopIteration:
+    pass
+  finally:
+    it.close()
+  if not out:
+    raise DlmError(f"empty dataset: no training rows for {what}")
+  return out

@@ -87,6 +87,16 @@ def _definitions(node: ast.AST, prefix: str):
       yield from _definitions(child, prefix)  # functions defined inside if/try/with blocks
 
 
+def _documented_functions(tree: ast.AST, module: str):
+  """Yields `(qualname, node, docstring)` for every function and method with a docstring."""
+  for qualname, node in _definitions(tree, module):
+    if isinstance(node, ast.ClassDef):
+      continue
+    docstring = ast.get_docstring(node, clean=True)
+    if docstring:
+      yield qualname, node, docstring
+
+
 def docstrings(source: str, module: str) -> list[Docstring]:
   """All module, class and function docstrings of `source`, in source order."""
   tree = ast.parse(source)
@@ -189,12 +199,7 @@ def summaries(source: str, module: str, *, max_source_chars: int = 4000,
   tree = ast.parse(source)
   lines = source.split("\n")
   found = []
-  for qualname, node in _definitions(tree, module):
-    if isinstance(node, ast.ClassDef):
-      continue
-    docstring = ast.get_docstring(node, clean=True)
-    if not docstring:
-      continue
+  for qualname, node, docstring in _documented_functions(tree, module):
     target = first_sentence(docstring)
     if len(target.split()) < min_target_words:
       continue
@@ -229,12 +234,7 @@ def instructions(source: str, module: str, *, min_prompt_words: int = 3,
   In source order.
   """
   found = []
-  for qualname, node in _definitions(ast.parse(source), module):
-    if isinstance(node, ast.ClassDef):
-      continue
-    docstring = ast.get_docstring(node, clean=True)
-    if not docstring:
-      continue
+  for qualname, node, docstring in _documented_functions(ast.parse(source), module):
     summary = first_sentence(docstring)
     response = rest_after_first_sentence(docstring)
     if (len(summary.split()) < min_prompt_words or len(response.split()) < min_response_words

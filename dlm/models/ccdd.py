@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dlm.data import inputs
 from dlm.errors import DlmError
 from dlm.models import encoders
 from dlm.models.embedding_diffusion import given_mask
@@ -113,11 +114,12 @@ class CCDD(nnx.Module):
   def pretrained(self, config, tokenizer) -> dict:
     """The encoder's Hugging Face weights (and a PCA fitted on training rows) for
     dlm/train/pretrained.py."""
-    out = {"encoder": encoders.pretrained_state(self.cfg.encoder, self.cfg.encoder_dtype,
-                                                self.encoder.config)}
+    encoder = encoders.load_matching(self.cfg.encoder, self.cfg.encoder_dtype,
+                                     self.encoder.config)
+    out = {"encoder": nnx.to_pure_dict(nnx.state(encoder))}
     if self.cfg.reduce == "pca":
-      out.update(fit_pca(self.cfg.encoder, config, tokenizer, self.cfg.latent_dim,
-                         self.cfg.pca_rows))
+      rows = inputs.first_rows(config, tokenizer, self.cfg.pca_rows, "the CCDD PCA")
+      out.update(fit_pca(encoder, rows, self.cfg.latent_dim))
     return out
 
   # The network -------------------------------------------------------------------------------
@@ -182,31 +184,15 @@ class CCDD(nnx.Module):
                    "masked": ((z == self.process.mask_id) & maskable).sum()}
 
 
-def fit_pca(encoder_path, config, tokenizer, latent_dim: int, rows: int) -> dict:
-  """Principal directions of the standardised encoder states of the first `rows` training
-  rows, scaled so that each latent channel has unit variance: {'pca_mean', 'pca_proj'}."""
-  from dlm import sharding  # pylint: disable=g-import-not-at-top
-  from dlm.data import inputs  # pylint: disable=g-import-not-at-top
-
-  encoder, _ = encoders.load_encoder(encoders.encoder_dir(encoder_path))
-  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  it = inputs.train_iterator(config, tokenizer, mesh)
+def fit_pca(encoder, rows: list[dict], latent_dim: int) -> dict:
+  """Principal directions of the standardised encoder states of training rows, scaled so that
+  each latent channel has unit variance: {'pca_mean', 'pca_proj'}."""
   graphdef, state = nnx.split(encoder)
   run = jax.jit(lambda s, ids, m: standardize(nnx.merge(graphdef, s)(ids, m)))
-  states, seen = [], 0
-  try:
-    while seen < rows:
-      local = it.next_local()
-      real = local["segment_ids"] > 0
-      h = np.asarray(run(state, local["tokens"], real.astype(np.int32)))
-      states.append(h[real])
-      seen += len(local["tokens"])
-  except StopIteration:
-    pass
-  finally:
-    it.close()
-  if not states:
-    raise DlmError("empty dataset: no training rows to fit the CCDD PCA on")
+  states = []
+  for local in rows:
+    real = local["segment_ids"] > 0
+    states.append(np.asarray(run(state, local["tokens"], real.astype(np.int32)))[real])
   h = np.concatenate(states).astype(np.float64)
   mean = h.mean(0)
   _, s, vt = np.linalg.svd(h - mean, full_matrices=False)

@@ -40,9 +40,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dlm.data import inputs
 from dlm.errors import DlmError
 from dlm.models import encoders
-from dlm.models.layers import Frozen, RMSNorm, param
+from dlm.models.layers import Frozen, RMSNorm, param, timestep_features
 from dlm.models.transformer import Block, SwiGLU, TransformerConfig
 from dlm.processes import gaussian
 
@@ -141,15 +142,17 @@ class CosmosAutoencoder(nnx.Module):
 
   def pretrained(self, config, tokenizer) -> dict:
     """The encoder's weights and its per-channel statistics on training rows."""
-    state = encoders.pretrained_state(self.cfg.encoder, self.cfg.encoder_dtype,
-                                      self.encoder.config)
-    encoder, _ = encoders.load_encoder(encoders.encoder_dir(self.cfg.encoder))
+    encoder = encoders.load_matching(self.cfg.encoder, self.cfg.encoder_dtype,
+                                     self.encoder.config)
     graphdef, weights = nnx.split(encoder)
     run = jax.jit(lambda w, ids, m: nnx.merge(graphdef, w)(ids, m))
-    states = [h[real] for h, real in _rows(config, tokenizer, self.cfg.stats_rows,
-                                            lambda ids, real: run(weights, ids, real))]
+    states = []
+    for local in inputs.first_rows(config, tokenizer, self.cfg.stats_rows,
+                                   "the Cosmos encoder statistics"):
+      real = local["segment_ids"] > 0
+      states.append(np.asarray(run(weights, local["tokens"], real.astype(np.int32)))[real])
     h = np.concatenate(states).astype(np.float64)
-    return {"encoder": state, "enc_mean": h.mean(0).astype(np.float32),
+    return {"encoder": nnx.to_pure_dict(weights), "enc_mean": h.mean(0).astype(np.float32),
             "enc_std": np.maximum(h.std(0), 1e-6).astype(np.float32)}
 
   # Compress and decompress --------------------------------------------------------------------
@@ -222,36 +225,6 @@ class CosmosAutoencoder(nnx.Module):
                    "tokens": real.sum()}
 
 
-def _rows(config, tokenizer, rows: int, fn):
-  """(fn(tokens, real) as numpy, real) over the first `rows` training rows."""
-  from dlm import sharding  # pylint: disable=g-import-not-at-top
-  from dlm.data import inputs  # pylint: disable=g-import-not-at-top
-
-  mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  it = inputs.train_iterator(config, tokenizer, mesh)
-  seen = 0
-  try:
-    while seen < rows:
-      local = it.next_local()
-      real = local["segment_ids"] > 0
-      yield np.asarray(fn(local["tokens"], real)), real
-      seen += len(local["tokens"])
-  except StopIteration:
-    if not seen:
-      raise DlmError("empty dataset: no training rows for the Cosmos statistics") from None
-  finally:
-    it.close()
-
-
-def time_features(t: jax.Array, dim: int, max_period: float = 10.0) -> jax.Array:
-  """Sinusoidal features of t in [0, 1] as Cosmos' `timestep_embedding(t, max_period=10)`:
-  angles t * max_period^(-i / half), no 1000x scaling of t."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  angles = t.astype(jnp.float32)[..., None] * freqs
-  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
-
-
 class LatentDenoiser(nnx.Module):
   """Cosmos' score network: blocks over the latents with U-Net long skips; every block's input
   gets Linear(SiLU(time embedding)) and Linear(x0_prev) added; RMSNorm -> x0."""
@@ -276,7 +249,7 @@ class LatentDenoiser(nnx.Module):
   def __call__(self, z_t, t, x0_prev):
     """z_t, x0_prev (B, N, latent_dim), t (B,) -> x0 estimate (B, N, latent_dim)."""
     b, n = z_t.shape[:2]
-    emb = time_features(t, 256) @ self.time_in[...]
+    emb = timestep_features(t, 256, max_period=10.0, scale=1.0) @ self.time_in[...]
     emb = jax.nn.silu(emb) @ self.time_out[...]  # (B, d)
     x = z_t @ self.z_in[...] + self.pos[None, :n]
     mask = jnp.ones((b, 1, n, n), bool)
@@ -322,8 +295,9 @@ class CosmosDiffusion(nnx.Module):
       raise DlmError(f"the autoencoder in {self.autoencoder_workdir!r} uses another tokenizer")
     graphdef, weights = nnx.split(ae)
     run = jax.jit(lambda w, ids, seg: nnx.merge(graphdef, w).latents(ids, seg))
-    z = np.concatenate([z for z, _ in _rows(config, tokenizer, ae.cfg.stats_rows,
-                                            lambda ids, real: run(weights, ids, real))])
+    z = np.concatenate([np.asarray(run(weights, r["tokens"], r["segment_ids"]))
+                        for r in inputs.first_rows(config, tokenizer, ae.cfg.stats_rows,
+                                                   "the Cosmos latent statistics")])
     mean, std = latent_statistics(z)
     return {"autoencoder": jax.device_get(nnx.to_pure_dict(weights)),
             "latent_mean": mean, "latent_std": std}

@@ -522,14 +522,14 @@ def recorded_config(section) -> BertConfig:
   return BertConfig(**json.loads(section.encoder_arch))
 
 
-def pretrained_state(path: str | pathlib.Path, dtype: str, expected: BertConfig) -> dict:
-  """The checkpoint's weights as a pure dict for dlm/train/pretrained.py; its config.json must
-  match the recorded architecture."""
+def load_matching(path: str | pathlib.Path, dtype: str, expected: BertConfig) -> BertEncoder:
+  """The checkpoint at `path` (default: all-MiniLM-L6-v2) as a frozen encoder; its
+  config.json must match the architecture the model was built for."""
   encoder, info = load_encoder(encoder_dir(path), dtype=dtype)
   if info.config != expected:
     raise DlmError(f"the encoder at {info.config_path} ({info.config}) is not the one this "
                    f"model was built for ({expected})")
-  return nnx.to_pure_dict(nnx.state(encoder))
+  return encoder
 
 
 def check_alignment(config: BertConfig, vocab_size: int, seq_len: int | None, family: str):

@@ -59,11 +59,14 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   return out.astype(x.dtype)
 
 
-def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-  """Sinusoidal features of a per-token time t in [0, 1] (DiT), shape (..., dim)."""
+def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0,
+                      scale: float = 1000.0) -> jax.Array:
+  """Sinusoidal features of a per-token time t in [0, 1], shape (..., dim): angles
+  `scale * t * max_period^(-i / half)`. The defaults are DiT's on t scaled to 0..1000; Cosmos'
+  `timestep_embedding(t, max_period=10)` is `scale=1, max_period=10`."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  angles = 1000.0 * t.astype(jnp.float32)[..., None] * freqs
+  angles = scale * t.astype(jnp.float32)[..., None] * freqs
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 

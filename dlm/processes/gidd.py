@@ -91,12 +91,9 @@ class GiddProcess:
 
   def _weights(self, t):
     """ELBO weights (w on z = x, w on [MASK], w on another token) per time (see module doc)."""
-    def parts(t):
-      alpha, bp_m, bp_u = self._parts(t)
-      return jnp.log(alpha), bp_m, bp_u
-
-    (_, bp_m, bp_u), (dlog_alpha, dbp_m, dbp_u) = jax.jvp(parts, (t,), (jnp.ones_like(t),))
-    alpha = self._parts(t)[0]
+    (alpha, bp_m, bp_u), (d_alpha, dbp_m, dbp_u) = jax.jvp(
+        self._parts, (jnp.asarray(t, jnp.float32),), (jnp.ones_like(t, jnp.float32),))
+    dlog_alpha = d_alpha / alpha
     num_m = dbp_m - dlog_alpha * bp_m
     num_u = dbp_u - dlog_alpha * bp_u
     tiny = jnp.finfo(jnp.float32).tiny

@@ -36,17 +36,6 @@ def guided_outputs(model, x, z, t, t_z, seg, pos, w: float):
   return mixed, z_hat, 2
 
 
-def _filter(logits, cfg: SamplerConfig):
-  if cfg.temperature == 0:
-    return logits
-  logits = logits / cfg.temperature
-  if cfg.top_k:
-    logits = filtering.top_k_filter(logits, cfg.top_k)
-  if cfg.top_p < 1.0:
-    logits = filtering.top_p_filter(logits, cfg.top_p)
-  return logits
-
-
 def ccdd_sampler(model, cfg: SamplerConfig, rng, canvas: Canvas,
                  times: jax.Array | None = None) -> Samples:
   batch, length = canvas.tokens.shape
@@ -66,7 +55,7 @@ def ccdd_sampler(model, cfg: SamplerConfig, rng, canvas: Canvas,
     s_z = jnp.full((batch, length), grid[k + 1])
     t, s = jnp.where(given, 0.0, t_z), jnp.where(given, 0.0, s_z)
     logits, z_hat, passes = guided_outputs(model, x, z, t, t_z, seg, pos, cfg.z_guidance)
-    logits = _filter(logits, cfg)
+    logits = filtering.process(logits, cfg.temperature, cfg.top_k, cfg.top_p)
     key_x, key_z = jax.random.split(jax.random.fold_in(rng_steps, k))
     if cfg.temperature == 0:
       x_hat = jax.nn.one_hot(jnp.argmax(logits, -1), logits.shape[-1])
