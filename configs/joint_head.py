@@ -3,7 +3,7 @@
   python -m dlm.joint_data --base=runs/joint_base --out=runs/joint_traj   # trajectories, once
   python train.py --config=configs/joint_head.py:runs/joint_base,runs/joint_traj \
       --workdir=runs/joint_head
-  python sample.py --workdir=runs/joint_head --sampler=adjust --steps=8 --length=32
+  python sample.py --workdir=runs/joint_head --sampler=adjust --steps=16 --length=64
 
 The argument is `BASE_WORKDIR,TRAJECTORY_DIR` (default `runs/joint_base,runs/joint_traj`; if
 that base has no checkpoint yet, its architecture is configs/joint_base.py's, and training
@@ -69,6 +69,6 @@ def get_config(arg: str = ""):
   config.joint.update(unrolls=3, noising="trajectory", zero_init=True)
   config.train.update(
       init_from=base_dir, init_into="base", init_which="ema",
-      steps=600, batch_size=32, lr=1e-3, b2=0.95, warmup_steps=50, lr_schedule="constant",
-      ema_decay=0.999, log_every=50, eval_every=300, checkpoint_every=100, eval_batches=8)
+      steps=3000, batch_size=32, lr=1e-3, b2=0.95, warmup_steps=50, lr_schedule="constant",
+      ema_decay=0.999, log_every=100, eval_every=1000, checkpoint_every=500, eval_batches=8)
   return config
