@@ -1,7 +1,7 @@
 """Response length against the maximum generation length: eos vs rainbow padding (README table).
 
   python bench/length_robustness.py [--root=runs/instruct] [--num_prompts=48]
-      [--lengths=64,128,256,512] [--tokens_per_step=16] [--models=eos,rainbow,lora]
+      [--lengths=64,128,256,512] [--tokens_per_step=8] [--models=eos,rainbow,lora]
       [--out=FILE.json]
 
 1. Trains, unless already trained in --root, the four runs of `configs/instruct.py`: `base`
@@ -39,7 +39,7 @@ from dlm.train import loop
 flags.DEFINE_string("root", "runs/instruct", "Workdirs of the four runs.")
 flags.DEFINE_integer("num_prompts", 48, "Validation prompts decoded per model and length.")
 flags.DEFINE_list("lengths", ["64", "128", "256", "512"], "Maximum generation lengths.")
-flags.DEFINE_integer("tokens_per_step", 16, "Tokens revealed per low-confidence step.")
+flags.DEFINE_integer("tokens_per_step", 8, "Tokens revealed per low-confidence step.")
 flags.DEFINE_list("models", ["eos", "rainbow", "lora"], "Fine-tuned runs to decode.")
 flags.DEFINE_string("out", None, "Write the JSON rows here.")
 FLAGS = flags.FLAGS

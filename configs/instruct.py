@@ -33,25 +33,25 @@ def get_config(variant: str = "eos"):
     raise ValueError(f"unknown variant {variant!r} for configs/instruct.py; one of {VARIANTS}")
   config = base_config()
   config.data.tokenizer.vocab_size = 2048
-  config.model.update(family="masked", width=64, depth=3, heads=2, time_conditioning="none",
-                      head_init_std=64**-0.5)
+  config.model.update(family="masked", width=128, depth=4, heads=2, time_conditioning="none",
+                      head_init_std=128**-0.5)
   config.diffusion.schedule = "linear"
   if variant == "base":
     config.data.dataset = "tfds:python_stdlib/docs"
     config.data.seq_len = 128
-    config.train.update(steps=600, batch_size=32, lr=3e-3, b2=0.95, warmup_steps=50,
-                        log_every=50, eval_every=300, checkpoint_every=300, eval_batches=8)
+    config.train.update(steps=1200, batch_size=32, lr=2e-3, b2=0.95, warmup_steps=50,
+                        log_every=100, eval_every=600, checkpoint_every=300, eval_batches=8)
     return config
   config.data.update(dataset="tfds:python_stdlib/instruct", source_feature="prompt",
                      target_feature="response", source_len=PROMPT_LEN,
                      seq_len=PROMPT_LEN + 2 + GENERATION_LEN,
                      response_padding="eos" if variant == "eos" else "rainbow")
   config.diffusion.loss_norm = "response"
-  config.train.update(steps=300, batch_size=8, lr=1e-3, b2=0.95, warmup_steps=20,
-                      lr_schedule="constant", log_every=25, eval_every=150,
-                      checkpoint_every=50, eval_batches=4, ema_decay=0.99)
+  config.train.update(steps=800, batch_size=8, lr=1e-3, b2=0.95, warmup_steps=20,
+                      lr_schedule="constant", log_every=50, eval_every=400,
+                      checkpoint_every=200, eval_batches=4, ema_decay=0.99)
   if variant == "lora":
     config.model.lora_rank = 8
-    config.train.update(steps=60, lr=3e-3, eval_every=60, checkpoint_every=60,
+    config.train.update(steps=200, lr=3e-3, eval_every=200, checkpoint_every=100,
                         freeze="^(?!.*lora_)(?!net/unembed_bias$)")
   return config
