@@ -101,31 +101,29 @@ def documents(config: str, root: pathlib.Path | None = None):
       yield f"pydoc_data/topics/{name}", text
 
 
+def _records(root, extract, fields):
+  """Yields `(path:line, record)` for every item `extract` finds per file: the item's `fields`
+  plus the file's `path`; files in sorted order, items in source order."""
+  for rel, found in _each_file(root or stdlib_root(), extract):
+    for item in found:
+      yield f"{rel}:{item.lineno}", {**{f: getattr(item, f) for f in fields}, "path": rel}
+
+
 def pairs(root: pathlib.Path | None = None):
   """Yields `(key, record)` for every summarize pair: `{"source", "target", "path"}`.
 
   Keys are `path:line` of the `def`; files in sorted order, functions in source order.
   """
-  def extract(source, rel):
-    return pyextract.summaries(source, pyextract.module_name(rel),
-                               max_source_chars=MAX_SOURCE_CHARS,
-                               min_target_words=MIN_TARGET_WORDS)
-
-  for rel, found in _each_file(root or stdlib_root(), extract):
-    for s in found:
-      yield f"{rel}:{s.lineno}", {"source": s.source, "target": s.target, "path": rel}
+  return _records(root, lambda source, rel: pyextract.summaries(
+      source, pyextract.module_name(rel), max_source_chars=MAX_SOURCE_CHARS,
+      min_target_words=MIN_TARGET_WORDS), ("source", "target"))
 
 
 def instruction_pairs(root: pathlib.Path | None = None):
   """Yields `(key, record)` for every instruct pair: `{"prompt", "response", "path"}`."""
-  def extract(source, rel):
-    return pyextract.instructions(source, pyextract.module_name(rel),
-                                  min_prompt_words=MIN_TARGET_WORDS,
-                                  max_response_chars=MAX_RESPONSE_CHARS)
-
-  for rel, found in _each_file(root or stdlib_root(), extract):
-    for s in found:
-      yield f"{rel}:{s.lineno}", {"prompt": s.prompt, "response": s.response, "path": rel}
+  return _records(root, lambda source, rel: pyextract.instructions(
+      source, pyextract.module_name(rel), min_prompt_words=MIN_TARGET_WORDS,
+      max_response_chars=MAX_RESPONSE_CHARS), ("prompt", "response"))
 
 
 class PythonStdlibConfig(tfds.core.BuilderConfig):
