@@ -1,6 +1,6 @@
 """ADJUST against marginal parallel unmasking at 1-4 tokens per full pass (README table).
 
-  python bench/joint_sampling.py --head=runs/joint_head [--num_samples=256 --seed=0]
+  python bench/joint_sampling.py --head=runs/joint_head [--num_samples=1024 --seed=0]
 
 Loads a trained joint head (configs/joint_head.py; its workdir holds the frozen base too) and
 draws `num_samples` unconditional sequences of the base's row length with:
@@ -34,12 +34,13 @@ from dlm.samplers.core import SamplerConfig, blank_canvas  # noqa: E402
 from dlm.train import loop  # noqa: E402
 
 flags.DEFINE_string("head", None, "the joint head's workdir")
-flags.DEFINE_integer("num_samples", 256, "sequences per sampler setting")
+flags.DEFINE_integer("num_samples", 1024, "sequences per sampler setting (MAUVE cannot rank "
+                     "close samplers at 256)")
 flags.DEFINE_integer("batch", 256, "sequences per sampler call")
 flags.DEFINE_integer("length", 0, "tokens per sequence; 0 = the head's data.seq_len")
 flags.DEFINE_string("tokens_per_pass", "1,2,3,4", "k + 1 values")
 flags.DEFINE_integer("mauve_seeds", 3, "k-means seeds MAUVE is averaged over")
-flags.DEFINE_integer("nll_samples", 128, "the first N samples of each set are scored (NLL)")
+flags.DEFINE_integer("nll_samples", 256, "the first N samples of each set are scored (NLL)")
 flags.DEFINE_integer("seed", 0, "sampling seed")
 FLAGS = flags.FLAGS
 
