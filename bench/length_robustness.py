@@ -1,8 +1,8 @@
 """Response length against the maximum generation length: eos vs rainbow padding (README table).
 
   python bench/length_robustness.py [--root=runs/instruct] [--num_prompts=48]
-      [--lengths=64,128,256,512] [--tokens_per_step=8] [--models=eos,rainbow,lora]
-      [--out=FILE.json]
+      [--lengths=64,128,256,512] [--tokens_per_step=4] [--block_length=32]
+      [--models=eos,rainbow,lora] [--out=FILE.json]
 
 1. Trains, unless already trained in --root, the four runs of `configs/instruct.py`: `base`
    (masked model on the stdlib prose), `eos` and `rainbow` (full supervised fine-tuning of the
@@ -11,9 +11,11 @@
    adapters and the output bias only).
 2. Decodes the first --num_prompts validation prompts with each fine-tuned model by LLaDA's
    low-confidence remasking (greedy), on canvases of `[bos] prompt [eos]` (the prompt up to
-   62 tokens, as in training) followed by max_length masks, max_length in --lengths, with a
-   fixed --tokens_per_step (steps = max_length / tokens_per_step). A response ends at its first
-   eos or pad token (`samplers.text.cut`).
+   126 tokens, as in training) followed by max_length masks, max_length in --lengths, with a
+   fixed --tokens_per_step (steps = max_length / tokens_per_step), over the whole canvas at once
+   (--block_length=0) or in LLaDA's semi-autoregressive blocks of --block_length tokens (each
+   block then gets block_length / tokens_per_step steps). A response ends at its first eos or
+   pad token (`samplers.text.cut`).
 3. Reports per model and max_length: the mean response length in tokens, the reference's
    (capped to what fits: the room after the prompt less the closing eos), their ratio
    (sum of response lengths / sum of capped reference lengths), the fraction of empty
@@ -39,7 +41,9 @@ from dlm.train import loop
 flags.DEFINE_string("root", "runs/instruct", "Workdirs of the four runs.")
 flags.DEFINE_integer("num_prompts", 48, "Validation prompts decoded per model and length.")
 flags.DEFINE_list("lengths", ["64", "128", "256", "512"], "Maximum generation lengths.")
-flags.DEFINE_integer("tokens_per_step", 8, "Tokens revealed per low-confidence step.")
+flags.DEFINE_integer("tokens_per_step", 4, "Tokens revealed per low-confidence step.")
+flags.DEFINE_integer("block_length", 32, "Semi-autoregressive block length (LLaDA's 32 for its "
+                     "instruct model); 0 = the whole canvas as one block.")
 flags.DEFINE_list("models", ["eos", "rainbow", "lora"], "Fine-tuned runs to decode.")
 flags.DEFINE_string("out", None, "Write the JSON rows here.")
 FLAGS = flags.FLAGS
@@ -81,8 +85,9 @@ def canvases(tokenizer, config, pairs, max_length: int):
 def decode(workdir: str, pairs, max_length: int) -> dict:
   config, tokenizer, model, step = loop.restore_for_sampling(workdir)
   rows, rooms, refs, ref_lens = canvases(tokenizer, config, pairs, max_length)
-  steps = max_length // FLAGS.tokens_per_step
-  cfg = samplers.SamplerConfig(name="low_confidence", steps=steps, temperature=0.0)
+  steps = _steps(len(rows[0][0]), max_length)
+  cfg = samplers.SamplerConfig(name="low_confidence", steps=steps, temperature=0.0,
+                               block_length=FLAGS.block_length)
   start = time.perf_counter()
   out = sample_text.fill(model, tokenizer, cfg, rows, batch_size=len(rows))
   wall = time.perf_counter() - start
@@ -93,7 +98,7 @@ def decode(workdir: str, pairs, max_length: int) -> dict:
   return {
       "workdir": workdir, "step": step, "padding": config.data.response_padding,
       "lora_rank": config.model.get("lora_rank", 0), "max_length": max_length,
-      "steps": steps, "prompts": len(rows),
+      "steps": steps, "block_length": FLAGS.block_length, "prompts": len(rows),
       "mean_len": float(np.mean(gen_lens)), "mean_ref_len": float(np.mean(ref_lens)),
       "len_ratio": float(np.sum(gen_lens) / max(np.sum(ref_lens), 1)),
       "empty_fraction": float(np.mean([n == 0 for n in gen_lens])),
@@ -102,6 +107,14 @@ def decode(workdir: str, pairs, max_length: int) -> dict:
       "examples": [{"prompt": p[:120], "reference": r[:200], "generated": h[:200]}
                    for (p, _), r, h in zip(pairs[:2], refs[:2], hyps[:2])],
   }
+
+
+def _steps(canvas_length: int, max_length: int) -> int:
+  """Sampler steps for --tokens_per_step: per block when decoding in blocks (the canvas,
+  prompt included, is cut into blocks; a prompt's block costs no pass)."""
+  if not FLAGS.block_length:
+    return max_length // FLAGS.tokens_per_step
+  return canvas_length // FLAGS.block_length * -(-FLAGS.block_length // FLAGS.tokens_per_step)
 
 
 def _latest_step(workdir: str) -> int:
@@ -140,9 +153,10 @@ def main(argv):
   for name in FLAGS.models:
     step = _latest_step(workdirs[name])
     for max_length in map(int, FLAGS.lengths):
+      steps = _steps(config.data.source_len + 2 + max_length, max_length)
       same = [r for r in saved if (r["model"], r["step"], r["max_length"], r["prompts"],
-                                   r["steps"]) == (name, step, max_length, len(pairs),
-                                                   max_length // FLAGS.tokens_per_step)]
+                                   r["steps"], r.get("block_length", 0)) ==
+              (name, step, max_length, len(pairs), steps, FLAGS.block_length)]
       r = same[0] if same else {"bench": "length_robustness", "model": name,
                                 **decode(workdirs[name], pairs, max_length)}
       print(json.dumps(r), flush=True)

@@ -1,7 +1,9 @@
 """Confidence-ordered unmasking: a fixed number of tokens per step, the most confident first.
 
 Each block (semi-autoregressive, `block_length`) gets `steps / blocks` steps; its masked tokens
-are spread evenly over them (LLaDA's `get_num_transfer_tokens`). At every step the denoiser
+are spread evenly over them (LLaDA's `get_num_transfer_tokens`). Blocks are counted from the
+canvas start; the blocks before the first with a masked position (a prompt's) are skipped,
+with no network pass and no NFE. At every step the denoiser
 proposes x_0 for all masked positions of the current block and the k most confident are kept;
 the rest stay masked ("remasking"). Orders, by their papers' names:
 
@@ -81,5 +83,9 @@ def confidence(order: str, denoise: Denoiser, cfg: SamplerConfig, rng, canvas: C
 
   init = (canvas.tokens, jnp.zeros((batch,), jnp.int32), jnp.full((batch, length), -1,
                                                                    jnp.int32))
-  z, nfe, revealed_at = jax.lax.fori_loop(0, blocks * per_block, body, init)
+  # Blocks before the first one with a masked position in any row (a prompt's) are skipped.
+  first = jnp.min(jnp.where(jnp.any(per_block_masked > 0, axis=0),
+                            jnp.arange(blocks, dtype=jnp.int32), blocks))
+  z, nfe, revealed_at = jax.lax.fori_loop(first * per_block, jnp.int32(blocks * per_block), body,
+                                          init)
   return Samples(z, nfe, revealed_at)
