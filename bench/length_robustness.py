@@ -64,10 +64,15 @@ def ensure_trained(root: str, variant: str) -> str:
   return workdir
 
 
+def canvas_length(config, max_length: int) -> int:
+  """`[bos] prompt [eos]` room (as in training) plus max_length masks."""
+  return config.data.source_len + 2 + max_length
+
+
 def canvases(tokenizer, config, pairs, max_length: int):
-  """Rows `(tokens, given)` of `source_len + 2 + max_length` tokens, the room after each
-  prompt, and the references cut to fit it (less the closing eos)."""
-  length = config.data.source_len + 2 + max_length
+  """Rows `(tokens, given)` of `canvas_length` tokens, the room after each prompt, and the
+  references cut to fit it (less the closing eos)."""
+  length = canvas_length(config, max_length)
   rows, rooms, refs, ref_lens = [], [], [], []
   for source, target in pairs:
     tokens, given = sample_text.canvas_template(tokenizer, "masked", length=length,
@@ -82,10 +87,9 @@ def canvases(tokenizer, config, pairs, max_length: int):
   return rows, rooms, refs, ref_lens
 
 
-def decode(workdir: str, pairs, max_length: int) -> dict:
+def decode(workdir: str, pairs, max_length: int, steps: int) -> dict:
   config, tokenizer, model, step = loop.restore_for_sampling(workdir)
   rows, rooms, refs, ref_lens = canvases(tokenizer, config, pairs, max_length)
-  steps = _steps(len(rows[0][0]), max_length)
   cfg = samplers.SamplerConfig(name="low_confidence", steps=steps, temperature=0.0,
                                block_length=FLAGS.block_length)
   start = time.perf_counter()
@@ -109,12 +113,13 @@ def decode(workdir: str, pairs, max_length: int) -> dict:
   }
 
 
-def _steps(canvas_length: int, max_length: int) -> int:
-  """Sampler steps for --tokens_per_step: per block when decoding in blocks (the canvas,
-  prompt included, is cut into blocks; a prompt's block costs no pass)."""
+def _steps(config, max_length: int) -> int:
+  """Sampler steps for --tokens_per_step. In blocks, steps count over the whole canvas
+  (`block_plan`), prompt included: the prompt's blocks are skipped at no cost (`first_step`)."""
   if not FLAGS.block_length:
     return max_length // FLAGS.tokens_per_step
-  return canvas_length // FLAGS.block_length * -(-FLAGS.block_length // FLAGS.tokens_per_step)
+  blocks = canvas_length(config, max_length) // FLAGS.block_length
+  return blocks * -(-FLAGS.block_length // FLAGS.tokens_per_step)
 
 
 def _latest_step(workdir: str) -> int:
@@ -153,12 +158,12 @@ def main(argv):
   for name in FLAGS.models:
     step = _latest_step(workdirs[name])
     for max_length in map(int, FLAGS.lengths):
-      steps = _steps(config.data.source_len + 2 + max_length, max_length)
+      steps = _steps(config, max_length)
       same = [r for r in saved if (r["model"], r["step"], r["max_length"], r["prompts"],
                                    r["steps"], r.get("block_length", 0)) ==
               (name, step, max_length, len(pairs), steps, FLAGS.block_length)]
       r = same[0] if same else {"bench": "length_robustness", "model": name,
-                                **decode(workdirs[name], pairs, max_length)}
+                                **decode(workdirs[name], pairs, max_length, steps)}
       print(json.dumps(r), flush=True)
       rows.append(r)
       if FLAGS.out:

@@ -121,9 +121,10 @@ def test_semi_autoregressive_blocks_fill_in_order(name):
   assert (np.asarray(out.tokens) != 11).all()
 
 
-def test_blocks_of_a_prompt_cost_no_pass():
+@pytest.mark.parametrize("name", ["low_confidence", "ancestral"])
+def test_blocks_of_a_prompt_cost_no_pass(name):
   """Semi-autoregressive decoding after a prompt: the prompt's whole blocks are skipped (no
-  network pass, no NFE), the rest decodes as if they had been stepped through."""
+  network pass, no NFE); the later blocks keep their step numbers and fill every mask."""
   calls = []
 
   def counting(z, t):
@@ -134,7 +135,7 @@ def test_blocks_of_a_prompt_cost_no_pass():
   # block 1 (8-15) is not (row 0 has masks there), so only block 0 is skipped.
   tokens = jnp.full((2, 24), 11, jnp.int32).at[0, :10].set(3).at[1, :17].set(3)
   canvas = Canvas(tokens, tokens != 11)
-  cfg = SamplerConfig(name="low_confidence", steps=12, block_length=8, temperature=0.0)
+  cfg = SamplerConfig(name=name, steps=12, block_length=8, temperature=0.0)
   out = samplers.run(counting, SCHEDULE, cfg, jax.random.PRNGKey(0), canvas, 11)
   jax.block_until_ready(out.tokens)
   assert len(calls) == 8 and (np.asarray(out.nfe) == 8).all()  # 2 of 3 blocks x 4 steps

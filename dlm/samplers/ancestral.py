@@ -6,7 +6,8 @@ z_t; revealed tokens never change. Whether a token is revealed at a step does no
 the model, so each token's reveal step can be drawn up front: a token still masked at t = 1 is
 still masked after the step ending at s with probability (1 - alpha(s)) / (1 - alpha(1)).
 
-`ancestral` calls the denoiser at every step (NFE = steps). `ancestral_cache` calls it only at
+`ancestral` calls the denoiser at every step (NFE = steps, less the steps of a prompt's
+leading blocks, `first_step`). `ancestral_cache` calls it only at
 the steps where a sequence reveals something: between two such steps z does not change, so the
 denoiser's output is the one it would have given (MDLM's `ddpm_cache`, made per sequence and
 exact: each sequence jumps to its own next reveal step, at that step's time). Both draw the
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 from dlm.processes.schedules import MaskingSchedule
 from dlm.samplers import filtering
 from dlm.samplers.core import (Canvas, Denoiser, SamplerConfig, Samples, block_plan,
-                               block_times, guided, zero_masking)
+                               block_times, first_step, guided, zero_masking)
 
 
 def time_grid(i, n: int, grid: str):
@@ -46,13 +47,14 @@ def reveal_steps(schedule: MaskingSchedule, u: jax.Array, n: int, grid: str) -> 
 def _setup(schedule, cfg, rng, canvas):
   batch, length = canvas.tokens.shape
   blocks, block_len, per_block = block_plan(length, cfg)
+  start = first_step(canvas.given, block_len, per_block)
   block_of = jnp.arange(length) // block_len
   k_reveal, k_draw = jax.random.split(rng)
   u_reveal = jax.random.uniform(k_reveal, (batch, length))
   u_draw = jax.random.uniform(k_draw, (batch, length),
                               jnp.float64 if cfg.float64 else jnp.float32)
   step = block_of * per_block + reveal_steps(schedule, u_reveal, per_block, cfg.grid)
-  return blocks, per_block, block_of, u_draw, step
+  return blocks, per_block, block_of, u_draw, step, start
 
 
 def _draw(logits, u_draw, cfg, mask_id):
@@ -63,7 +65,7 @@ def _draw(logits, u_draw, cfg, mask_id):
 
 def ancestral(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
               canvas: Canvas, mask_id: int) -> Samples:
-  blocks, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
+  blocks, per_block, block_of, u_draw, step, start = _setup(schedule, cfg, rng, canvas)
   denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
   generate = ~canvas.given
 
@@ -78,13 +80,13 @@ def ancestral(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, 
   batch = canvas.tokens.shape[0]
   init = (canvas.tokens, jnp.zeros((batch,), jnp.int32),
           jnp.full(canvas.tokens.shape, -1, jnp.int32))
-  z, nfe, revealed_at = jax.lax.fori_loop(0, blocks * per_block, body, init)
+  z, nfe, revealed_at = jax.lax.fori_loop(start, jnp.int32(blocks * per_block), body, init)
   return Samples(z, nfe, revealed_at)
 
 
 def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
                     canvas: Canvas, mask_id: int) -> Samples:
-  blocks, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
+  blocks, per_block, block_of, u_draw, step, _ = _setup(schedule, cfg, rng, canvas)
   denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
   generate = ~canvas.given
   total = blocks * per_block

@@ -1,11 +1,10 @@
 """Confidence-ordered unmasking: a fixed number of tokens per step, the most confident first.
 
 Each block (semi-autoregressive, `block_length`) gets `steps / blocks` steps; its masked tokens
-are spread evenly over them (LLaDA's `get_num_transfer_tokens`). Blocks are counted from the
-canvas start; the blocks before the first with a masked position (a prompt's) are skipped,
-with no network pass and no NFE. At every step the denoiser
-proposes x_0 for all masked positions of the current block and the k most confident are kept;
-the rest stay masked ("remasking"). Orders, by their papers' names:
+are spread evenly over them (LLaDA's `get_num_transfer_tokens`); blocks count from the canvas
+start, and those before the first one with a position to generate are skipped (`first_step`).
+At every step the denoiser proposes x_0 for all masked positions of the current block and the
+k most confident are kept; the rest stay masked ("remasking"). Orders, by their papers' names:
 
 * `low_confidence` (LLaDA): x_0 by Gumbel-max at the temperature, confidence softmax(logits)[x_0];
 * `random` (LLaDA): the same x_0, random confidence; one token per step gives exact
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 
 from dlm.samplers import filtering
 from dlm.samplers.core import (Canvas, Denoiser, SamplerConfig, Samples, block_plan,
-                               block_times, guided, zero_masking)
+                               block_times, first_step, guided, zero_masking)
 
 ORDERS = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy")
 
@@ -83,9 +82,6 @@ def confidence(order: str, denoise: Denoiser, cfg: SamplerConfig, rng, canvas: C
 
   init = (canvas.tokens, jnp.zeros((batch,), jnp.int32), jnp.full((batch, length), -1,
                                                                    jnp.int32))
-  # Blocks before the first one with a masked position in any row (a prompt's) are skipped.
-  first = jnp.min(jnp.where(jnp.any(per_block_masked > 0, axis=0),
-                            jnp.arange(blocks, dtype=jnp.int32), blocks))
-  z, nfe, revealed_at = jax.lax.fori_loop(first * per_block, jnp.int32(blocks * per_block), body,
-                                          init)
+  z, nfe, revealed_at = jax.lax.fori_loop(first_step(canvas.given, block_len, per_block),
+                                          jnp.int32(blocks * per_block), body, init)
   return Samples(z, nfe, revealed_at)

@@ -82,6 +82,15 @@ def zero_masking(logits: jax.Array, mask_id: int) -> jax.Array:
   return logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
 
 
+def first_step(given, block_len: int, per_block: int) -> jax.Array:
+  """The step a block-wise sampler starts at: that of the first block with a position to
+  generate in any row. Earlier blocks (a prompt's) would reveal nothing, so they cost no pass
+  and no NFE; a canvas with nothing to generate starts past the last step."""
+  todo = jnp.any(~given, axis=0)
+  start = jnp.argmax(todo) // block_len * per_block
+  return jnp.where(jnp.any(todo), start, given.shape[1] // block_len * per_block).astype(jnp.int32)
+
+
 def block_times(t_current, block_of, current_block, given):
   """Per-token time: given and finished blocks 0, the current block t, later blocks 1."""
   block_of = jnp.broadcast_to(block_of, given.shape)
