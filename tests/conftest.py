@@ -13,9 +13,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> str:
-  """One prepared-data directory for the whole session (stdlib corpus, BPE tokenizers)."""
-  return str(tmp_path_factory.mktemp("tfds"))
+def data_dir(tmp_path_factory, worker_id) -> str:
+  """One prepared-data directory for the whole run (stdlib corpus, BPE tokenizers), shared by
+  pytest-xdist's workers: the library's file locks let one prepare while the others wait."""
+  if worker_id == "master":  # not under xdist
+    return str(tmp_path_factory.mktemp("tfds"))
+  shared = tmp_path_factory.getbasetemp().parent / "tfds"
+  shared.mkdir(exist_ok=True)
+  return str(shared)
 
 
 @pytest.fixture(scope="session")

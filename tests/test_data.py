@@ -158,6 +158,26 @@ def test_text_files_per_file_per_line_and_split_globs(quickstart, tmp_path):
   assert sources.open_split(cfg.data, "validation")[:] == ["only validation"]
 
 
+def test_processes_sharing_a_data_dir_prepare_it_once(quickstart, tmp_path):
+  """Two processes (not one multi-host run) open the same unprepared dataset at once: one
+  prepares it under the lock, the other waits and reads the same documents."""
+  for i in range(400):
+    (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n" * 50)
+  data = {"data.dataset": f"text:{tmp_path}/*.txt", "data.data_dir": str(tmp_path / "tfds")}
+  code = ("import sys, json; from dlm import config; from dlm.data import sources; "
+          "c = config.from_file('configs/quickstart.py', **json.loads(sys.argv[1])); "
+          "print(len(sources.open_split(c.data, 'train')))")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(data)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-2000:]
+  counts = {int(out.split()[-1]) for out, _ in outs}
+  assert len(counts) == 1 and counts.pop() > 300
+
+
 def test_jsonl_text_and_instruction_pairs(quickstart, tmp_path):
   rows = [{"prompt": f"p{i}", "response": f"r{i}", "id": i} for i in range(10)]
   (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

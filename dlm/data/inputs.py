@@ -92,10 +92,11 @@ def load_tokenizer(data_cfg) -> Tokenizer:
   path = bpe_cache_path(data_cfg)
   if not os.path.exists(path):
     if jax.process_index() == 0:
-      texts, n = _bpe_texts(data_cfg)
-      tok = Tokenizer.train_bpe(texts, t.vocab_size, t.num_reserved_pads, length=n)
-      os.makedirs(os.path.dirname(path), exist_ok=True)
-      tok.save(path)
+      with sources.file_lock(path):  # another process sharing the data directory may be at it
+        if not os.path.exists(path):
+          texts, n = _bpe_texts(data_cfg)
+          tok = Tokenizer.train_bpe(texts, t.vocab_size, t.num_reserved_pads, length=n)
+          tok.save(path)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 

@@ -13,10 +13,12 @@ TensorFlow at run time, and one reading path for all of them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from typing import Any, Sequence
 
+import filelock
 import tensorflow_datasets as tfds
 
 from dlm.data import local_builder
@@ -55,17 +57,41 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
                  "expected tfds:NAME, text:GLOB or jsonl:GLOB")
 
 
-def prepare(b: tfds.core.DatasetBuilder) -> None:
-  """Prepares the builder's array_record files once (process 0 first on multi-host runs)."""
+def prepare(cfg) -> tfds.core.DatasetBuilder:
+  """Prepares `cfg.dataset`'s array_record files once and returns a builder that reads them.
+
+  Multi-host: process 0 prepares, the others wait for it. Processes that share a data directory
+  but not a run (two jobs, parallel test workers) take turns through a file lock next to the
+  dataset, so none reads or renames a half-built one."""
   import jax  # pylint: disable=g-import-not-at-top
 
+  b = builder(cfg)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
     if jax.process_index() == 0 and not b.is_prepared():
-      b.download_and_prepare(file_format="array_record")
+      _prepare_locked(b)
     multihost_utils.sync_global_devices(f"dlm-prepare-{b.info.full_name}")
-  elif not b.is_prepared():
+    return builder(cfg)
+  if not b.is_prepared() and not _prepare_locked(b):
+    b = builder(cfg)  # prepared by another process while we waited: read its files
+  return b
+
+
+def file_lock(path: str):
+  """A lock file `path.lock` that serialises processes building `path` (a local path; a bucket
+  has no file locks, and multi-host runs build on process 0 only)."""
+  if "://" in path:
+    return contextlib.nullcontext()
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  return filelock.FileLock(path + ".lock")
+
+
+def _prepare_locked(b: tfds.core.DatasetBuilder) -> bool:
+  """Prepares `b` under its lock; False if another process had prepared it meanwhile."""
+  with file_lock(str(b.data_dir)):
+    if b.is_prepared():
+      return False
     try:
       b.download_and_prepare(file_format="array_record")
     except DlmError:
@@ -73,6 +99,7 @@ def prepare(b: tfds.core.DatasetBuilder) -> None:
     except Exception as e:  # a catalog dataset that needs manual download, network, ...
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise DlmError(f"could not prepare dataset {b.info.full_name}: {first}") from e
+  return True
 
 
 @dataclasses.dataclass
@@ -104,8 +131,7 @@ class Documents(Sequence[str]):
 
 def open_split(cfg, split: str, *, feature: str | None = None) -> Documents:
   """Prepares the dataset if needed and returns one split's documents."""
-  b = builder(cfg)
-  prepare(b)
+  b = prepare(cfg)
   feature = feature or cfg.text_feature
   features = b.info.features
   if feature not in features:
