@@ -302,3 +302,37 @@ def test_autoregressive_baseline_scores_within_documents(tiny, tokenizer):
   assert int(metrics["tokens"]) == 3 and float(total) == pytest.approx(float(nll.sum()))
   uniform = 3 * np.log(tokenizer.vocab_size)  # zero-initialised head: uniform predictions
   assert float(total) == pytest.approx(uniform, rel=1e-5)
+
+
+def test_autoregressive_sampling_stops_each_row_at_its_eos(tiny, tokenizer):
+  """A zero head draws from the output bias alone: eos or one other token, evenly. Each row
+  stops at its own first eos: no pass after it, its later free positions repeat it, and a
+  given suffix is kept."""
+  from dlm import samplers
+  from dlm.samplers import text
+
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+                                **{"data.data_dir": tiny.data.data_dir, **TINY,
+                                   "model.family": "autoregressive", "model.head_init_std": 0.0})
+  model = models.build(config, tokenizer, __import__("flax").nnx.Rngs(0))
+  bias = np.full((tokenizer.vocab_size,), -1e4, np.float32)
+  bias[[tokenizer.eos_id, 100]] = 0.0
+  model.net.unembed_bias[...] = jnp.asarray(bias)
+  length = 24
+  tokens = np.full((length,), tokenizer.mask_id, np.int32)
+  given = np.zeros((length,), bool)
+  tokens[0], given[0] = tokenizer.eos_id, True  # the unprompted start token
+  tokens[-2:], given[-2:] = (300, 301), True  # a given suffix after the free positions
+  out = text.fill(model, tokenizer, samplers.SamplerConfig(name="autoregressive"),
+                  [(tokens, given)] * 16, seed=0)
+  stops = set()
+  for r in out:
+    full = np.asarray(r["full_tokens"])
+    free = np.flatnonzero(~given)
+    np.testing.assert_array_equal(full[given], tokens[given])
+    first = next(i for i in free if full[i] == tokenizer.eos_id)  # stop prob. 1/2 each step
+    before, after = free[free < first], free[free > first]
+    assert np.all(full[before] == 100) and np.all(full[after] == tokenizer.eos_id)
+    assert r["nfe"] == len(before) + 1
+    stops.add(int(first))
+  assert len(stops) > 1  # rows stop at their own positions

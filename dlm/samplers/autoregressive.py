@@ -4,7 +4,9 @@ Given positions (a prompt, a pair's source) are teacher-forced; every other posi
 from p(x_i | x_<i) with temperature, top-k and top-p (`filtering`), greedy at temperature 0.
 Each step recomputes the causal network on the whole canvas (no KV cache: the baseline is a
 judge and a reference, not a serving path); steps at given positions are skipped, so NFE is
-the number of generated positions. Position 0 has nothing to condition on, so an unprompted
+the number of generated positions. A row stops at the first of `cfg.stop_ids` (eos, pads) it
+draws: its later free positions repeat that token and cost no pass; the loop ends when every
+row has stopped. Position 0 has nothing to condition on, so an unprompted
 canvas starts with `start_token` (eos: in packed training rows a document follows an eos).
 """
 
@@ -24,10 +26,11 @@ def autoregressive(model, cfg: SamplerConfig, rng, canvas: Canvas) -> Samples:
   given = canvas.given
   positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
   segments = jnp.ones((batch, length), jnp.int32)
+  stops = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
 
-  def body(i, state):
-    z, nfe = state
-    todo = ~given[:, i]
+  def body(state):
+    i, z, nfe, stop_at = state
+    todo = ~given[:, i] & (stop_at == length)
 
     def draw(z):
       logits = model.net(z, None, segments, positions)[:, i - 1]
@@ -36,11 +39,21 @@ def autoregressive(model, cfg: SamplerConfig, rng, canvas: Canvas) -> Samples:
                                      float64=cfg.float64)
 
     x = jax.lax.cond(jnp.any(todo), draw, lambda z: z[:, i], z)
-    return z.at[:, i].set(jnp.where(todo, x, z[:, i])), nfe + todo
+    stop_at = jnp.where(todo & jnp.isin(x, stops), i, stop_at)
+    return i + 1, z.at[:, i].set(jnp.where(todo, x, z[:, i])), nfe + todo, stop_at
+
+  def more(state):
+    i, _, _, stop_at = state
+    return (i < length) & jnp.any(stop_at == length)
 
   # Position 0 has no context: it is always taken from the canvas (`start_token`).
-  z, nfe = jax.lax.fori_loop(1, length, body, (canvas.tokens, jnp.zeros((batch,), jnp.int32)))
-  revealed = jnp.where(given, -1, jnp.arange(length)[None, :]).astype(jnp.int32)
+  start = (1, canvas.tokens, jnp.zeros((batch,), jnp.int32), jnp.full((batch,), length))
+  _, z, nfe, stop_at = jax.lax.while_loop(more, body, start)
+  # After a row's stop token its free positions repeat it (its text ends there).
+  idx = jnp.arange(length)[None, :]
+  end = jnp.take_along_axis(z, jnp.minimum(stop_at, length - 1)[:, None], axis=1)
+  z = jnp.where(~given & (idx > stop_at[:, None]), end, z)
+  revealed = jnp.where(given, -1, jnp.minimum(idx, stop_at[:, None])).astype(jnp.int32)
   return Samples(z.astype(jnp.int32), nfe, revealed)
 
 

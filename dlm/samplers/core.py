@@ -34,6 +34,9 @@ class SamplerConfig:
   grid: str = "uniform"  # ancestral time grid: 'uniform' or 'cosine' (md4)
   z_guidance: float = 1.0  # CCDD guidance w: w f(x, z) + (1 - w) f(x, 0); 1 = off
   draft_length: int = 5  # ASSD (any_order family): tokens drafted per step, k >= 1
+  # Tokens that end a sample (`text.fill` sets the tokenizer's eos and pads): the autoregressive
+  # sampler stops a row at the first one it draws; fixed-canvas samplers ignore them.
+  stop_ids: tuple[int, ...] = ()
 
 
 class Canvas(NamedTuple):

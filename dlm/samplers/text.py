@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 
 import jax
@@ -119,6 +121,7 @@ def fill(model, tokenizer, cfg: SamplerConfig, rows, *, seed: int = 0, batch_siz
     return []
   length = len(rows[0][0])
   samplers.check(cfg, length, samplers.family_of(model))
+  cfg = dataclasses.replace(cfg, stop_ids=tuple(sorted(stop_ids(tokenizer))))
   batch_size = min(batch_size or len(rows), len(rows))
   if mesh is None:
     mesh = data_mesh(batch_size)
