@@ -66,16 +66,17 @@ def prepare(cfg) -> tfds.core.DatasetBuilder:
   import jax  # pylint: disable=g-import-not-at-top
 
   b = builder(cfg)
-  if jax.process_count() > 1:
+  if jax.process_count() > 1:  # every process reaches the barrier, prepared or not
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
     if jax.process_index() == 0 and not b.is_prepared():
       _prepare_locked(b)
     multihost_utils.sync_global_devices(f"dlm-prepare-{b.info.full_name}")
-    return builder(cfg)
-  if not b.is_prepared() and not _prepare_locked(b):
-    b = builder(cfg)  # prepared by another process while we waited: read its files
-  return b
+  elif b.is_prepared():
+    return b
+  else:
+    _prepare_locked(b)
+  return builder(cfg)  # a fresh builder reads the prepared files' metadata, whoever wrote them
 
 
 def file_lock(path: str):
@@ -87,11 +88,11 @@ def file_lock(path: str):
   return filelock.FileLock(path + ".lock")
 
 
-def _prepare_locked(b: tfds.core.DatasetBuilder) -> bool:
-  """Prepares `b` under its lock; False if another process had prepared it meanwhile."""
+def _prepare_locked(b: tfds.core.DatasetBuilder) -> None:
+  """Prepares `b` under its lock, unless another process did while we waited."""
   with file_lock(str(b.data_dir)):
     if b.is_prepared():
-      return False
+      return
     try:
       b.download_and_prepare(file_format="array_record")
     except DlmError:
@@ -99,7 +100,6 @@ def _prepare_locked(b: tfds.core.DatasetBuilder) -> bool:
     except Exception as e:  # a catalog dataset that needs manual download, network, ...
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise DlmError(f"could not prepare dataset {b.info.full_name}: {first}") from e
-  return True
 
 
 @dataclasses.dataclass

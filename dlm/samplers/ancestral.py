@@ -47,14 +47,13 @@ def reveal_steps(schedule: MaskingSchedule, u: jax.Array, n: int, grid: str) -> 
 def _setup(schedule, cfg, rng, canvas):
   batch, length = canvas.tokens.shape
   blocks, block_len, per_block = block_plan(length, cfg)
-  start = first_step(canvas.given, block_len, per_block)
   block_of = jnp.arange(length) // block_len
   k_reveal, k_draw = jax.random.split(rng)
   u_reveal = jax.random.uniform(k_reveal, (batch, length))
   u_draw = jax.random.uniform(k_draw, (batch, length),
                               jnp.float64 if cfg.float64 else jnp.float32)
   step = block_of * per_block + reveal_steps(schedule, u_reveal, per_block, cfg.grid)
-  return blocks, per_block, block_of, u_draw, step, start
+  return blocks, block_len, per_block, block_of, u_draw, step
 
 
 def _draw(logits, u_draw, cfg, mask_id):
@@ -65,7 +64,7 @@ def _draw(logits, u_draw, cfg, mask_id):
 
 def ancestral(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
               canvas: Canvas, mask_id: int) -> Samples:
-  blocks, per_block, block_of, u_draw, step, start = _setup(schedule, cfg, rng, canvas)
+  blocks, block_len, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
   denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
   generate = ~canvas.given
 
@@ -80,13 +79,14 @@ def ancestral(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, 
   batch = canvas.tokens.shape[0]
   init = (canvas.tokens, jnp.zeros((batch,), jnp.int32),
           jnp.full(canvas.tokens.shape, -1, jnp.int32))
-  z, nfe, revealed_at = jax.lax.fori_loop(start, jnp.int32(blocks * per_block), body, init)
+  z, nfe, revealed_at = jax.lax.fori_loop(first_step(canvas.given, block_len, per_block),
+                                          jnp.int32(blocks * per_block), body, init)
   return Samples(z, nfe, revealed_at)
 
 
 def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
                     canvas: Canvas, mask_id: int) -> Samples:
-  blocks, per_block, block_of, u_draw, step, _ = _setup(schedule, cfg, rng, canvas)
+  blocks, _, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
   denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
   generate = ~canvas.given
   total = blocks * per_block

@@ -113,10 +113,6 @@ def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
       (jax.Array, th.ArrayHandler(use_replica_parallel=jax.process_count() > 1)))
 
 
-def _save(tree) -> ocp.args.PyTreeSave:
-  return ocp.args.PyTreeSave(tree)
-
-
 def _restore(abstract=None) -> ocp.args.PyTreeRestore:
   """Restores onto `abstract`'s shapes, dtypes and shardings (None: as saved, on host)."""
   if abstract is None:
@@ -153,10 +149,10 @@ class Checkpoints:
   def save(self, state: TrainState, data_iterator, config, tokenizer: Tokenizer) -> None:
     step = int(jax.device_get(state.step))
     args = dict(
-        params=_save(state.params),
-        ema=_save(state.ema),
-        opt_state=_save(state.opt_state),
-        meta=_save({"step": state.step, "rng": state.rng}),
+        params=ocp.args.PyTreeSave(state.params),
+        ema=ocp.args.PyTreeSave(state.ema),
+        opt_state=ocp.args.PyTreeSave(state.opt_state),
+        meta=ocp.args.PyTreeSave({"step": state.step, "rng": state.rng}),
         config=ocp.args.JsonSave(json.loads(config.to_json())),
         tokenizer=ocp.args.JsonSave(json.loads(tokenizer.hf.to_str())),
     )
