@@ -229,3 +229,72 @@ def test_ccdd_needs_the_encoders_tokenizer(quickstart, tokenizer):
       "model.time_conditioning": "adaln_zero"})
   with pytest.raises(DlmError, match="encoder's own tokenizer"):
     nnx.eval_shape(lambda: models.build(config, tokenizer, nnx.Rngs(0)))
+
+
+# Bugs: NaN gradients at t = 0 / 1, times on the interval's ends, gamma outside (0, 2].
+
+
+@pytest.mark.parametrize("p_u", [0.0, 0.2])
+def test_gidd_nelbo_gradient_is_finite_at_times_zero_and_one(p_u):
+  """Given positions sit at t = 0 (not maskable); t = 1 exactly is reachable too. The weight's
+  derivative dc/dt is infinite there, which used to reach the gradient as 0 * inf = NaN."""
+  process = GiddProcess(MaskingSchedule("linear"), MASK, V, p_uniform=p_u)
+  k = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.randint(k[0], (2, 6), 0, V - 1)
+  t = jnp.array([[0.0, 0.0, 1.0, 1.0, 0.5, 0.3]] * 2)
+  maskable = jnp.array([[False, True, False, True, True, True]] * 2)
+  z = process.forward_sample(k[1], x, t, maskable)
+  logits = jax.random.normal(k[2], (2, 6, V))
+  value, grad = jax.value_and_grad(lambda l: process.nelbo(l, x, z, t, maskable).sum())(logits)
+  assert np.isfinite(float(value))
+  assert np.isfinite(np.asarray(grad)).all()
+  # Positions strictly inside (0, 1) are unaffected and still learn.
+  assert np.abs(np.asarray(grad)[:, 4:]).max() > 0
+
+
+def test_ccdd_gradient_is_finite_with_given_tokens():
+  model = _tiny_model(p_drop_z=0.0)
+  x = jnp.tile(jnp.arange(10) % (V - 1), (4, 1))
+  batch = {"tokens": x, "segment_ids": jnp.ones_like(x), "positions": jnp.broadcast_to(
+      jnp.arange(10), x.shape), "given": jnp.zeros(x.shape, bool).at[:, :3].set(True)}
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def loss_fn(p):
+    m = nnx.merge(graphdef, p, rest)
+    total, _ = m.loss(m.corrupt(batch, jax.random.PRNGKey(1)), rng=jax.random.PRNGKey(2))
+    return total
+
+  value, grads = jax.jit(jax.value_and_grad(loss_fn))(params)
+  assert np.isfinite(float(value))
+  leaves = jax.tree.leaves(grads)
+  assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
+  assert any(np.abs(np.asarray(g)).max() > 0 for g in leaves)
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_gidd_times_stay_inside_the_unit_interval(antithetic, monkeypatch):
+  """CCDD draws t in (eps, 1 - eps), eps = 1e-4 (official `diffusion_process.py`). The draw
+  u0 + i / B mod 1 used to return 0.0 exactly when u0 = 1 - i / B (here u0 = 3/4, B = 4), and
+  a plain uniform draw returns 0.0 too."""
+  draw = 0.75 if antithetic else 0.0
+  monkeypatch.setattr(jax.random, "uniform",
+                      lambda key, shape=(), *a, **k: jnp.full(shape, draw, jnp.float32))
+  process = GiddProcess(MaskingSchedule("linear"), MASK, V, antithetic=antithetic)
+  t = np.asarray(process.sample_time(jax.random.PRNGKey(0), 4))
+  assert t.min() >= 1e-4 and t.max() <= 1 - 1e-4, t
+  if antithetic:  # still stratified: evenly spaced over the interval
+    np.testing.assert_allclose(np.diff(np.sort(t)), (1 - 2e-4) / 4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("gamma", [0.0, -1.0, 2.5, 4.0])
+def test_gidd_rejects_gamma_outside_zero_two(gamma):
+  with pytest.raises(DlmError, match="ccdd.gamma"):
+    GiddProcess(MaskingSchedule("linear"), MASK, V, p_uniform=0.2, gamma=gamma)
+
+
+def test_gidd_accepts_gamma_two():
+  process = GiddProcess(MaskingSchedule("linear", eps=0.0), MASK, V, p_uniform=0.2, gamma=2.0)
+  t = jnp.linspace(0.05, 0.95, 5)
+  _, w_m, w_u = process._weights(t)
+  np.testing.assert_allclose(w_m, 1 / ((1 - t) * t), rtol=1e-4)
+  assert np.all(np.asarray(w_u) >= 0)

@@ -127,7 +127,8 @@ def test_two_stage_training_and_sampling(two_stages):
   np.testing.assert_allclose(z.std(0), 1.0, atol=1e-3)
   out = samplers.generate(model, samplers.SamplerConfig(name="cosmos_sde", steps=5),
                           jax.random.PRNGKey(0), samplers.blank_canvas(2, 32, tokenizer.mask_id))
-  assert out.tokens.shape == (2, 32) and int(out.nfe[0]) == 6
+  # The default readout decodes the last step's mean: no extra x0 pass, 5 passes.
+  assert out.tokens.shape == (2, 32) and int(out.nfe[0]) == 5
   with pytest.raises(DlmError, match="exactly 32 tokens"):
     samplers.generate(model, samplers.SamplerConfig(name="cosmos_sde", steps=5),
                       jax.random.PRNGKey(0), samplers.blank_canvas(2, 16, tokenizer.mask_id))
@@ -142,3 +143,112 @@ def test_diffusion_stage_needs_an_autoencoder(quickstart, tmp_path):
       "data.data_dir": quickstart.data.data_dir, "train.progress": False, "train.steps": 1})
   with pytest.raises(DlmError, match="autoencoder_workdir"):
     loop.train(config, str(tmp_path / "x"))
+
+
+# The score network's long skips and the sampler's readout.
+
+
+def _tiny_diffusion(depth=4, seed=0):
+  from dlm.models.transformer import TransformerConfig
+
+  ae_cfg = cosmos.AutoencoderConfig(vocab_size=V, seq_len=L, num_latents=4, latent_dim=8,
+                                    width=32, depth=1, heads=2)
+  net = TransformerConfig(vocab_size=V, width=16, depth=depth, heads=2,
+                          time_conditioning="none")
+  model = cosmos.CosmosDiffusion(ae_cfg, TINY_BERT, net, gaussian.GaussianSchedule("tan_d", d=5.0),
+                                 0.5, "", 0.05, nnx.Rngs(seed))
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), 3)
+  model.net.out[...] = jax.random.normal(keys[0], model.net.out.shape)  # non-zero x0
+  model.net.sc_proj[...] = jax.random.normal(keys[1], model.net.sc_proj.shape)
+  return model
+
+
+def test_score_network_skips_carry_each_first_half_block_input(monkeypatch):
+  """Official `architecture/score_estimator.py`: the first half stores each block's input,
+  before its time and self-conditioning terms; the second half adds the popped skip, then those
+  terms, then runs the block. So the embedded noisy latent reaches the last block."""
+  from dlm.models.transformer import Block
+
+  model = _tiny_diffusion(depth=4)
+  net = model.net
+  k = jax.random.split(jax.random.PRNGKey(3), 3)
+  z_t, x0_prev = jax.random.normal(k[0], (2, 4, 8)), jax.random.normal(k[1], (2, 4, 8))
+  outs = [jax.random.normal(jax.random.fold_in(k[2], i), (2, 4, 16)) for i in range(4)]
+  seen = []
+
+  def fake_block(self, x, *args, **kwargs):  # records its input, returns a known output
+    seen.append(np.asarray(x))
+    return outs[len(seen) - 1]
+
+  monkeypatch.setattr(Block, "__call__", fake_block)
+  net(z_t, jnp.full((2,), 0.5), x0_prev)
+  assert len(seen) == 4
+  embedded = np.asarray(z_t @ net.z_in[...] + net.pos[None])
+  # time_proj starts at zero, so each block's extra input is the self-conditioning term.
+  extra = [np.asarray(x0_prev @ net.sc_proj[i]) for i in range(4)]
+  o = [np.asarray(x) for x in outs]
+  expected = [embedded + extra[0], o[0] + extra[1], o[1] + o[0] + extra[2],
+              o[2] + embedded + extra[3]]
+  for i, (got, want) in enumerate(zip(seen, expected)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=f"block {i}")
+
+
+def _record_sampling(model, monkeypatch, name, readout, steps=3):
+  calls, decoded = [], []
+  x0_fn, decode_fn = cosmos.CosmosDiffusion.x0, cosmos.CosmosDiffusion.decode
+
+  def x0(self, z_t, t, x0_prev):
+    out = x0_fn(self, z_t, t, x0_prev)
+    calls.append((np.asarray(z_t), np.asarray(t), np.asarray(out)))
+    return out
+
+  def decode(self, z_norm, length):
+    decoded.append(np.asarray(z_norm))
+    return decode_fn(self, z_norm, length)
+
+  monkeypatch.setattr(cosmos.CosmosDiffusion, "x0", x0)
+  monkeypatch.setattr(cosmos.CosmosDiffusion, "decode", decode)
+  cfg = samplers.SamplerConfig(name=name, steps=steps, readout=readout)
+  canvas = samplers.blank_canvas(2, L, V - 1)
+  with jax.disable_jit():
+    out = samplers.generate(model, cfg, jax.random.PRNGKey(0), canvas)
+  return out, calls, decoded
+
+
+@pytest.mark.parametrize("name", ["cosmos_sde", "cosmos_ddim"])
+def test_cosmos_mean_readout_decodes_the_last_steps_mean(name, monkeypatch):
+  """Official `EulerDiffEqSolver`: the last Euler-Maruyama step's x_mean (no noise) at t_min
+  is decoded; no extra x0 pass. `steps` passes, NFE = steps."""
+  model = _tiny_diffusion()
+  out, calls, decoded = _record_sampling(model, monkeypatch, name, "mean")
+  assert len(calls) == 3 and len(decoded) == 1
+  np.testing.assert_array_equal(np.asarray(out.nfe), 3)
+  z, t, x0 = calls[-1]
+  t = np.broadcast_to(t[:, None], z.shape[:2])
+  s = np.full_like(t, model.t_min)
+  if name == "cosmos_ddim":
+    want = gaussian.ddim_step(z, x0, t, s, model.schedule)
+  else:
+    want = gaussian.euler_step(None, z, x0, t, s, model.schedule, sde=True, add_noise=False)
+  np.testing.assert_allclose(decoded[0], np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["cosmos_sde", "cosmos_ddim"])
+def test_cosmos_x0_readout_decodes_an_extra_x0_pass(name, monkeypatch):
+  model = _tiny_diffusion()
+  out, calls, decoded = _record_sampling(model, monkeypatch, name, "x0")
+  assert len(calls) == 4 and len(decoded) == 1
+  np.testing.assert_array_equal(np.asarray(out.nfe), 4)
+  np.testing.assert_allclose(calls[-1][1], model.t_min, rtol=1e-6)
+  np.testing.assert_array_equal(decoded[0], calls[-1][2])
+  # ddim is deterministic: both readouts follow the same trajectory, and differ only at the end.
+  if name == "cosmos_ddim":
+    _, mean_calls, mean_decoded = _record_sampling(model, monkeypatch, name, "mean")
+    for a, b in zip(calls[:3], mean_calls):
+      np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(decoded[0], mean_decoded[0])
+
+
+def test_unknown_readout_is_a_clear_error():
+  with pytest.raises(DlmError, match="readout"):
+    samplers.SamplerConfig(name="cosmos_sde", readout="last")

@@ -151,3 +151,71 @@ def test_discrete_families_never_noise_or_score_given_tokens(family_name, quicks
       _, scored = model.token_nll(batch)
       assert not np.asarray(scored)[given].any()
       assert int(metrics["tokens"]) == int((~given[:, 1:]).sum())
+
+
+# Training and sampling feed the network the same inputs at given positions.
+
+
+def _tiny_continuous(family_name):
+  from flax import nnx
+
+  from dlm.models.continuous import ContinuousConfig, ContinuousDiffusion
+  from dlm.models.neodiff import NeoDiff, NeoDiffConfig
+  from dlm.models.transformer import TransformerConfig
+
+  net = TransformerConfig(vocab_size=12, width=16, depth=1, heads=2, cond_width=8,
+                          head_init_std=0.1)
+  if family_name == "continuous":
+    return ContinuousDiffusion(net, ContinuousConfig(embed_dim=4, self_condition=1.0),
+                               nnx.Rngs(0))
+  return NeoDiff(net, NeoDiffConfig(embed_dim=4, num_tau=8, self_condition=1.0), nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("family_name", ["continuous", "neodiff"])
+def test_training_and_sampling_see_the_same_inputs_at_given_positions(family_name,
+                                                                      monkeypatch):
+  """At given positions both paths feed the denoiser z = e(x), t = 0 and, once a previous
+  estimate exists, x0_prev = e(x) (the samplers' clean embedding; training used to feed the
+  network's own first-pass estimate, never trained there), and NeoDiff's time predictor e(x)."""
+  from dlm.models.embedding_diffusion import EmbeddingDenoiser
+  from dlm.models.neodiff import TimePredictor
+  from dlm.samplers import continuous as sampler_lib
+
+  model = _tiny_continuous(family_name)
+  calls = {"denoiser": [], "time": []}
+  denoise, predict = EmbeddingDenoiser.__call__, TimePredictor.__call__
+
+  def record_denoiser(self, z, x0_prev, t, *a, **k):
+    calls["denoiser"].append((np.asarray(z), np.asarray(x0_prev), np.asarray(t)))
+    return denoise(self, z, x0_prev, t, *a, **k)
+
+  def record_time(self, x0_hat, *a, **k):
+    calls["time"].append(np.asarray(x0_hat))
+    return predict(self, x0_hat, *a, **k)
+
+  monkeypatch.setattr(EmbeddingDenoiser, "__call__", record_denoiser)
+  monkeypatch.setattr(TimePredictor, "__call__", record_time)
+  given = jnp.zeros((2, 8), bool).at[:, :3].set(True).at[:, -1].set(True)
+  tokens = jnp.where(given, jnp.arange(8) + 1, 11).astype(jnp.int32)
+  clean = np.asarray(model.embedding(tokens))
+  g = np.asarray(given)
+  batch = {"tokens": jnp.where(given, tokens, 5), "segment_ids": jnp.ones_like(tokens),
+           "positions": jnp.broadcast_to(jnp.arange(8), tokens.shape), "given": given}
+  with jax.disable_jit():
+    model.loss(model.corrupt(batch, jax.random.PRNGKey(0)), rng=jax.random.PRNGKey(1))
+    assert len(calls["denoiser"]) == 2  # self-conditioning: a first pass, then the second
+    train_calls = dict(denoiser=calls["denoiser"][-1], time=calls["time"])
+    calls["denoiser"], calls["time"] = [], []
+    cfg = SamplerConfig(name="neodiff" if family_name == "neodiff" else "ddim", steps=2)
+    sample = (sampler_lib.neodiff_sampler if family_name == "neodiff" else
+              sampler_lib.embedding_sampler)
+    sample(model, cfg, jax.random.PRNGKey(2), Canvas(tokens, given))
+  assert len(calls["denoiser"]) == 2
+  for z, x0_prev, t in (train_calls["denoiser"], calls["denoiser"][1]):
+    np.testing.assert_array_equal(t[g], 0.0)
+    np.testing.assert_allclose(z[g], clean[g], rtol=1e-6)
+    np.testing.assert_allclose(x0_prev[g], clean[g], rtol=1e-6)
+  if family_name == "neodiff":
+    assert len(train_calls["time"]) == 1 and len(calls["time"]) == 2
+    for x0_hat in (train_calls["time"][0], calls["time"][1]):
+      np.testing.assert_allclose(x0_hat[g], clean[g], rtol=1e-6)

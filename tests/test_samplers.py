@@ -245,3 +245,103 @@ def test_float64_draws():
   from dlm.errors import DlmError
   with pytest.raises(DlmError, match="jax_enable_x64"):
     samplers.check(SamplerConfig(float64=True), 24)
+
+
+# Top-p ties, Dream's filter order and reveal schedule, the HTML replay's script block.
+
+
+def test_top_p_keeps_the_smallest_set_when_tokens_tie():
+  """A uniform 10-way distribution with p = 0.3 keeps 3 tokens (ties broken by the lower
+  index), not every token tied with the cutoff."""
+  logits = jnp.zeros((2, 10))
+  kept = np.asarray(jnp.isfinite(filtering.top_p_filter(logits, 0.3)))
+  np.testing.assert_array_equal(kept, np.arange(10)[None].repeat(2, 0) < 3)
+  # Ties among the tail: [0.4, 0.2, 0.2, 0.2] with p = 0.5 keeps 0.4 and the first 0.2.
+  logits = jnp.log(jnp.array([[0.2, 0.4, 0.2, 0.2]]))
+  assert jnp.isfinite(filtering.top_p_filter(logits, 0.5))[0].tolist() == [True, True, False,
+                                                                           False]
+
+
+def test_dream_orders_filter_top_p_before_top_k():
+  """p = [0.4, 0.3, 0.2, 0.1], top-k 2, top-p 0.5: Dream's order (top-p on the full
+  distribution, then top-k) keeps {0, 1}; HF's (top-k, renormalise, top-p) keeps {0}."""
+  from dlm.samplers import confidence
+
+  logits = jnp.broadcast_to(jnp.log(jnp.array([0.4, 0.3, 0.2, 0.1])), (1, 4000, 4))
+  hf = filtering.process(logits[:, :1], 1.0, 2, 0.5)
+  dream = filtering.process(logits[:, :1], 1.0, 2, 0.5, top_p_first=True)
+  assert jnp.isfinite(hf)[0, 0].tolist() == [True, False, False, False]
+  assert jnp.isfinite(dream)[0, 0].tolist() == [True, True, False, False]
+  cfg = SamplerConfig(top_k=2, top_p=0.5)
+  rng = jax.random.PRNGKey(0)
+  x0, conf = confidence._proposal("maskgit_plus", logits, cfg, rng)  # pylint: disable=protected-access
+  assert set(np.unique(np.asarray(x0)).tolist()) == {0, 1}
+  np.testing.assert_allclose(np.where(np.asarray(x0) == 0, 4 / 7, 3 / 7), conf, rtol=1e-5)
+  _, conf = confidence._proposal("topk_margin", logits, cfg, rng)  # pylint: disable=protected-access
+  np.testing.assert_allclose(conf, 1 / 7, rtol=1e-5)
+  _, conf = confidence._proposal("entropy", logits, cfg, rng)  # pylint: disable=protected-access
+  q = np.array([4 / 7, 3 / 7])
+  np.testing.assert_allclose(conf, (q * np.log(q)).sum(), rtol=1e-5)
+  x0, _ = confidence._proposal("low_confidence", logits, cfg, rng)  # pylint: disable=protected-access
+  assert (np.asarray(x0) == 0).all()  # HF order: only the top token survives
+
+
+def _dream_counts(m, steps):
+  """Dream `generation_utils.py::_sample`: int(m (1 - s / t)) of the m still masked at each
+  step on linspace(1, 1e-3, steps + 1); all that remain at the last step."""
+  ts = np.linspace(1, 1e-3, steps + 1)
+  counts = []
+  for i in range(steps):
+    k = m if i == steps - 1 else int(m * (1 - ts[i + 1] / ts[i]))
+    counts.append(k)
+    m -= k
+  return counts
+
+
+def test_dream_reveal_schedule():
+  # By hand: 24 masked over 4 steps on [1, 0.75025, 0.5005, 0.25075, 0.001]:
+  # int(24 * 0.24975) = 5, int(19 * 0.3329) = 6, int(13 * 0.49900) = 6, then the last 7.
+  assert _dream_counts(24, 4) == [5, 6, 6, 7]
+  denoise = _random_denoiser()
+  tokens = jnp.full((2, 24), 11, jnp.int32).at[1, :4].set(3)  # row 1: a 4-token prompt
+  canvas = Canvas(tokens, tokens != 11)
+
+  def per_step(cfg):
+    out = jax.jit(lambda r: samplers.run(denoise, SCHEDULE, cfg, r, canvas, 11))(
+        jax.random.PRNGKey(0))
+    at = np.asarray(out.revealed_at)
+    assert (np.asarray(out.tokens) != 11).all()
+    return np.stack([(at == j).sum(axis=1) for j in range(cfg.steps)], 1).tolist()
+
+  for order in ("low_confidence", "maskgit_plus", "entropy"):
+    got = per_step(SamplerConfig(name=order, steps=4, reveal="dream"))
+    assert got == [[5, 6, 6, 7], _dream_counts(20, 4)], order  # per row
+  assert _dream_counts(20, 4) == [4, 5, 5, 6]
+  # Semi-AR blocks of 12: the schedule within each block over its 3 steps.
+  got = per_step(SamplerConfig(name="low_confidence", steps=6, block_length=12, reveal="dream"))
+  assert got == [_dream_counts(12, 3) * 2, _dream_counts(8, 3) + _dream_counts(12, 3)]
+  assert _dream_counts(12, 3) == [3, 4, 5]
+  # The default is LLaDA's even split.
+  assert per_step(SamplerConfig(name="low_confidence", steps=4))[0] == [6, 6, 6, 6]
+
+
+def test_unknown_reveal_schedule_is_a_clear_error():
+  from dlm.errors import DlmError
+
+  with pytest.raises(DlmError, match="reveal"):
+    SamplerConfig(name="low_confidence", reveal="fast")
+
+
+def test_html_replay_escapes_closing_tags_in_its_script():
+  import json
+
+  from dlm.samplers import render
+
+  pieces = ["a", "</script><b>x</b>", "<!--", "&amp;"]
+  samples = [{"pieces": pieces, "revealed_at": [-1, 0, 1, 1], "steps": 2, "label": "</SCRIPT>"}]
+  page = render.html_replay(samples)
+  assert page.lower().count("</script") == 1  # only the block's own end tag
+  assert "<!--" not in page
+  data = page.split("const DATA = ", 1)[1].split(";\nconst slider", 1)[0]
+  assert json.loads(data) == [{"pieces": pieces, "at": [-1, 0, 1, 1], "steps": 2,
+                               "label": "</SCRIPT>"}]

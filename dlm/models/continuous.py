@@ -6,7 +6,10 @@ Tokens become learned embeddings e(w) (`TokenEmbedding`); the Gaussian VP proces
 t = 0 stays clean). The network predicts x_0 as logits over the vocabulary and is trained with
 cross-entropy (CDCD's score interpolation: the x_0 estimate is E_p[e(w)] = softmax(logits) @ E,
 CDCD eq. 4), plus an optional embedding MSE `||x0_hat - e(x)||^2` (Diffusion-LM's L_simple on
-x_0). Self-conditioning feeds the previous x_0 estimate back (probability 0.5 in training).
+x_0). Self-conditioning feeds the previous x_0 estimate back (probability 0.5 in training); at
+given positions that input is the clean embedding e(x) in training as in sampling (the samplers
+hold given positions at e(x); a departure: self-conditioning as published feeds the network's
+own estimate everywhere).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dlm.models.embedding_diffusion import (EmbeddingDenoiser, TokenEmbedding,
+from dlm.models.embedding_diffusion import (EmbeddingDenoiser, TokenEmbedding, given_mask,
                                             self_conditioned, target_mask)
 from dlm.models.transformer import TransformerConfig
 from dlm.processes import gaussian
@@ -82,7 +85,8 @@ class ContinuousDiffusion(nnx.Module):
     def second(x0_prev):
       return self.logits(z, t, x0_prev, seg, pos, rng=rng_net if train else None)
 
-    logits = self_conditioned(first, second, e.shape, self.cfg.self_condition, rng_sc, train)
+    logits = self_conditioned(first, second, e.shape, self.cfg.self_condition, rng_sc, train,
+                              given_mask(noisy), e)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     mse = jnp.mean(jnp.square(self.x0_estimate(logits) - e), axis=-1)
     ce = jnp.where(target, ce, 0.0).sum()

@@ -23,7 +23,8 @@ Stage 2, `CosmosDiffusion` (family `cosmos`): the trained autoencoder (from
 position, channel) with statistics stored at the start of the run. VP diffusion with the tan-d
 schedule (dlm/processes/gaussian.py), x0-prediction with unweighted MSE, self-conditioning
 with probability 0.5; the network is a transformer over the N latents with U-Net long skips
-(the first half's outputs added back in the second half, last in first out) and the time
+(each first-half block's input, before its time and self-conditioning terms, added back to the
+mirrored second-half block's input, last in first out: `LatentDenoiser`) and the time
 embedding (sinusoidal, max period 10, MLP) and self-conditioning added to every layer's input.
 Sampling (dlm/samplers/latent.py) runs the reverse SDE or DDIM and decodes with the
 decompressor.
@@ -226,8 +227,16 @@ class CosmosAutoencoder(nnx.Module):
 
 
 class LatentDenoiser(nnx.Module):
-  """Cosmos' score network: blocks over the latents with U-Net long skips; every block's input
-  gets Linear(SiLU(time embedding)) and Linear(x0_prev) added; RMSNorm -> x0."""
+  """Cosmos' score network (official `architecture/score_estimator.py`, as TEncDM's): blocks
+  over the latents with U-Net long skips; every block's input gets Linear(SiLU(time
+  embedding)) and Linear(x0_prev) added; RMSNorm -> x0.
+
+  Skips: each first-half block pushes its *input* (before its time and self-conditioning
+  terms); each second-half block adds the popped skip (last in, first out), then those terms,
+  then runs. So the embedded noisy latent reaches the last block. With an odd depth the middle
+  block has no skip. Until this was fixed the outputs were stored (off by one); the parameters
+  are unchanged, so older checkpoints load with the same shapes but were trained with the old
+  wiring and should be retrained."""
 
   def __init__(self, cfg: TransformerConfig, latent_dim: int, num_latents: int, rngs: nnx.Rngs):
     d = cfg.width
@@ -257,12 +266,12 @@ class LatentDenoiser(nnx.Module):
     half = self.cfg.depth // 2
     skips = []
     for i, block in enumerate(self.blocks):
-      if i >= self.cfg.depth - half:
+      if i < half:
+        skips.append(x)  # the block's input, before its time and self-conditioning terms
+      elif i >= self.cfg.depth - half:
         x = x + skips.pop()
       x = x + (jax.nn.silu(emb) @ self.time_proj[i])[:, None] + x0_prev @ self.sc_proj[i]
       x = block(x, None, mask, positions, None)
-      if i < half:
-        skips.append(x)
     return self.norm_out(x) @ self.out[...]
 
 

@@ -72,13 +72,27 @@ class EmbeddingDenoiser(nnx.Module):
     return self.net(h, t, segment_ids, positions, rng=rng)
 
 
-def self_conditioned(first_pass, second_pass, x0_shape, probability: float, rng, train: bool):
+def self_conditioned(first_pass, second_pass, x0_shape, probability: float, rng, train: bool,
+                     given=None, clean=None):
   """Self-conditioning in training (Chen et al. 2023, "Analog Bits" §3.2): with probability p
   (per micro-batch, so the extra pass is skipped half the time), x0_prev is a first estimate
-  made without it, under stop-gradient; otherwise zeros. `first_pass(zeros) -> x0_hat`."""
+  made without it, under stop-gradient; otherwise zeros. `first_pass(zeros) -> x0_hat`.
+
+  At `given` positions (batch, length) the estimate is replaced by `clean`, the clean
+  embeddings e(x), as the samplers (dlm/samplers/continuous.py) feed them after the first step:
+  training then sees what sampling sees there (the network's own estimate at given positions
+  is never trained and never seen when sampling). A departure: self-conditioning as published
+  feeds the raw estimate everywhere."""
   zeros = jnp.zeros(x0_shape, jnp.float32)
   if not train or probability <= 0:
     return second_pass(zeros)
+
+  def estimate():
+    x0_hat = first_pass(zeros)
+    if given is not None:
+      x0_hat = jnp.where(given[..., None], clean, x0_hat)
+    return jax.lax.stop_gradient(x0_hat.astype(jnp.float32))
+
   use = jax.random.bernoulli(rng, probability)
-  x0_prev = jax.lax.cond(use, lambda: jax.lax.stop_gradient(first_pass(zeros)), lambda: zeros)
+  x0_prev = jax.lax.cond(use, estimate, lambda: zeros)
   return second_pass(x0_prev)

@@ -12,6 +12,11 @@ x_0 estimate and the extrinsic time; it regresses tau / tau_max against rank lab
 with the lowest current loss (L_z + unsmoothed cross-entropy) gets the smallest Poisson quantile
 (`nonsim.rank_labels`).
 
+At given positions the self-conditioning input and the time predictor's input are the clean
+embeddings e(x) in training, as in the sampler (dlm/samplers/continuous.py), which holds given
+positions at e(x) (a departure: self-conditioning as published feeds the network's own
+estimates everywhere).
+
 Loss (summed, unweighted as in the official script): L_z = mean_d (x0_hat - e(x))^2, the anchor
 cross-entropy of x0_hat @ E^T (label smoothing 0.1), and L_tau = (tau_hat - tau*)^2 / tau_max^2.
 """
@@ -25,7 +30,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from dlm.models.embedding_diffusion import (EmbeddingDenoiser, TokenEmbedding,
+from dlm.models.embedding_diffusion import (EmbeddingDenoiser, TokenEmbedding, given_mask,
                                             self_conditioned, target_mask)
 from dlm.models.layers import param
 from dlm.models.transformer import Transformer, TransformerConfig
@@ -114,7 +119,9 @@ class NeoDiff(nnx.Module):
     def second(x0_prev):
       return self.x0(z, s, x0_prev, seg, pos, rng=rng_net if train else None)
 
-    x0_hat = self_conditioned(first, second, e.shape, self.cfg.self_condition, rng_sc, train)
+    given = given_mask(noisy)
+    x0_hat = self_conditioned(first, second, e.shape, self.cfg.self_condition, rng_sc, train,
+                              given, e)
     mse = jnp.mean(jnp.square(x0_hat - e), axis=-1)
     logits = self.anchor_logits(x0_hat)
     labels = optax.smooth_labels(jax.nn.one_hot(x, logits.shape[-1]), self.cfg.label_smoothing)
@@ -123,7 +130,9 @@ class NeoDiff(nnx.Module):
     plain_ce = optax.softmax_cross_entropy_with_integer_labels(logits, x)
     tau_star = self.process.rank_labels(jax.lax.stop_gradient(mse + plain_ce),
                                         noisy["t_extrinsic"], target)
-    tau_hat = self.predict_time(x0_hat, noisy["t_extrinsic"], seg, pos)
+    # The time predictor reads e(x) at given positions, as in the sampler.
+    tau_hat = self.predict_time(jnp.where(given[..., None], e, x0_hat), noisy["t_extrinsic"],
+                                seg, pos)
     tau_loss = jnp.square(tau_hat - tau_star / self.tau_max)
     mse, anchor, tau_loss = (jnp.where(target, v, 0.0).sum() for v in (mse, anchor, tau_loss))
     total = mse + anchor + self.cfg.tau_loss_weight * tau_loss

@@ -19,6 +19,19 @@ taken by `jax.jvp`, so any masking schedule works; for a(t) = 1 - t they are GID
 (`GiddLoss.get_weights`: 1/((1-t)t) on [MASK], (c + (1-t)c')/((1-t)c) on a uniform token). Plus
 the masked process's reconstruction term (1 - a(0)) log V, so that p_u = 0 gives its NELBO.
 
+At the ends of the time interval: for 0 < gamma < 2, c'(t) is infinite at t = 0 and t = 1, and
+every given (prompt / source) token sits at t = 0. So, where p_u > 0, the weights are evaluated
+at a safe time (1/2) wherever t is 0 or 1 and set to 0 there (a time of measure zero), and the
+weight is masked to the maskable positions before it multiplies the divergence (a double
+`where`): no inf or NaN reaches the gradient through a branch that is not selected (it did,
+as 0 * inf, on every step with a prompt). With p_u = 0, c = 0 is a constant and the weights
+are the masked process's at every t. Training times are drawn in (eps, 1 - eps), eps = 1e-4,
+stratified over the batch when `antithetic`, as the official `CoevolutionaryDiffusion`.
+The process is valid only for 0 < gamma <= 2: beyond 2 the transition q_{t|s} gets negative
+entries (the uniform component's rate turns negative at late times, t > 2/3 for gamma = 4, which
+`posterior` would silently clamp), so other gammas are refused.
+CCDD's released configs name gamma = 4 but set p_u = 0, where gamma plays no part.
+
 Reverse step (GIDD §3.3, CCDD `sampling.py`): q(z_s | z_t, x_hat) ∝ q_{t|s}(z_t | z_s)
 q_s(z_s | x_hat), with q_{t|s}(z_t | v) = (alpha_t / alpha_s) delta_v(z_t) + [beta_t pi_t](z_t)
 - (alpha_t / alpha_s) [beta_s pi_s](z_t).
@@ -45,25 +58,34 @@ class GiddProcess:
   p_uniform: float = 0.0
   gamma: float = 1.0
   antithetic: bool = True
+  time_eps: float = 1e-4  # training times in (time_eps, 1 - time_eps), as the official code
 
   def __post_init__(self):
     if not 0.0 <= self.p_uniform < 1.0:
-      raise DlmError(f"p_uniform must be in [0, 1), got {self.p_uniform}")
-    if self.gamma <= 0:
-      raise DlmError(f"gamma must be > 0, got {self.gamma}")
+      raise DlmError(f"ccdd.p_uniform must be in [0, 1), got {self.p_uniform}")
+    if not 0.0 < self.gamma <= 2.0:
+      raise DlmError(f"ccdd.gamma must be in (0, 2] (GIDD's process is valid only there), "
+                     f"got {self.gamma}")
+    if not 0.0 <= self.time_eps < 0.5:
+      raise DlmError(f"time_eps must be in [0, 1/2), got {self.time_eps}")
 
   @property
   def b(self) -> float:
     return 2.0**self.gamma * self.p_uniform / (1.0 - self.p_uniform)
 
   def sample_time(self, rng, batch_size: int) -> jax.Array:
+    """One time per sequence (batch,) in (eps, 1 - eps); stratified when antithetic."""
     if self.antithetic:
-      return jnp.mod(jax.random.uniform(rng) + jnp.arange(batch_size) / batch_size, 1.0)
-    return jax.random.uniform(rng, (batch_size,))
+      u = jnp.mod(jax.random.uniform(rng) + jnp.arange(batch_size) / batch_size, 1.0)
+    else:
+      u = jax.random.uniform(rng, (batch_size,))
+    return self.time_eps + (1.0 - 2.0 * self.time_eps) * u
 
   # The marginal: three scalars per time, for z = x, z = [MASK], z = another token.
 
   def _c(self, t):
+    if self.b == 0.0:  # a constant: no 0 * inf derivative at t = 0 or 1
+      return jnp.zeros_like(t)
     return self.b * jnp.clip(t * (1.0 - t), 0.0, None) ** (self.gamma / 2.0)
 
   def _parts(self, t):
@@ -90,9 +112,15 @@ class GiddProcess:
     return jnp.where(maskable, z, x)
 
   def _weights(self, t):
-    """ELBO weights (w on z = x, w on [MASK], w on another token) per time (see module doc)."""
-    (alpha, bp_m, bp_u), (d_alpha, dbp_m, dbp_u) = jax.jvp(
-        self._parts, (jnp.asarray(t, jnp.float32),), (jnp.ones_like(t, jnp.float32),))
+    """ELBO weights (w on z = x, w on [MASK], w on another token) per time (see module doc);
+    with p_u > 0, 0 at t = 0 and t = 1, where c'(t) is infinite."""
+    t = jnp.asarray(t, jnp.float32)
+    if self.b > 0.0:
+      edge = (t <= 0.0) | (t >= 1.0)
+      t = jnp.where(edge, 0.5, t)  # a safe time: no inf in either branch of the last `where`
+    else:
+      edge = jnp.zeros(t.shape, bool)
+    (alpha, bp_m, bp_u), (d_alpha, dbp_m, dbp_u) = jax.jvp(self._parts, (t,), (jnp.ones_like(t),))
     dlog_alpha = d_alpha / alpha
     num_m = dbp_m - dlog_alpha * bp_m
     num_u = dbp_u - dlog_alpha * bp_u
@@ -100,7 +128,7 @@ class GiddProcess:
     w_x = num_u / jnp.maximum(alpha + bp_u, tiny)
     w_m = num_m / jnp.maximum(bp_m, tiny)
     w_u = jnp.where(bp_u > 0, num_u / jnp.maximum(bp_u, tiny), 0.0)
-    return w_x, w_m, w_u
+    return tuple(jnp.where(edge, 0.0, w) for w in (w_x, w_m, w_u))
 
   def nelbo(self, logits, x, z, t, maskable) -> jax.Array:
     """Per-token NELBO in nats (batch, length); zero where not maskable."""
@@ -116,6 +144,9 @@ class GiddProcess:
     is_div = jnp.expm1(log_r) - log_r
     w_x, w_m, w_u = self._weights(t)
     w = jnp.where(z == x, w_x, jnp.where(z == self.mask_id, w_m, w_u))
+    # Masked before it multiplies: the divergence's gradient at unselected positions is then
+    # multiplied by 0, never by an inf or NaN weight (the "double where").
+    w = jnp.where(maskable, w, 0.0)
     recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
     return jnp.where(maskable, w * (kl + is_div) + recon, 0.0)
 

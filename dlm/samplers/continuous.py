@@ -7,6 +7,10 @@ interpolation, with self-conditioning on the previous estimate) and moves z from
 `euler_ode` (probability-flow ODE) or `euler_sde` (reverse SDE, Euler-Maruyama). The tokens are
 the argmax of the last step's logits.
 
+At given positions both samplers feed the network z = e(x), t = 0 and, after the first step,
+x0_prev = e(x) (NeoDiff's time predictor reads e(x) there too); training feeds the same
+(dlm/models/embedding_diffusion.py::self_conditioned, dlm/models/neodiff.py).
+
 `neodiff_sampler` (NeoDiff §3.4, official `generator.py`): predict x_0, predict each token's
 next time with the time predictor at the next extrinsic time, re-noise x_0 to it (noise std 1);
 the extrinsic times are a uniform grid or a schedule optimised by `dlm.neodiff_schedule`.

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from dlm.errors import DlmError
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+READOUTS = ("mean", "x0")
+REVEALS = ("even", "dream")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,19 @@ class SamplerConfig:
   # Tokens that end a sample (`text.fill` sets the tokenizer's eos and pads): the autoregressive
   # sampler stops a row at the first one it draws; fixed-canvas samplers ignore them.
   stop_ids: tuple[int, ...] = ()
+  # Cosmos samplers: what is decoded at t_min. 'mean': the last step's mean, no noise (the
+  # official EulerDiffEqSolver's x_mean); 'x0': one more x0 pass at t_min (one more NFE).
+  readout: str = "mean"
+  # Confidence orders: tokens revealed per step. 'even': LLaDA's `get_num_transfer_tokens`
+  # (an even split of each block's masked tokens over its steps); 'dream': Dream's
+  # int(m (1 - s / t)) of the m still masked on linspace(1, 1e-3, steps + 1), the rest last.
+  reveal: str = "even"
+
+  def __post_init__(self):
+    if self.readout not in READOUTS:
+      raise DlmError(f"unknown readout {self.readout!r}; expected one of {READOUTS}")
+    if self.reveal not in REVEALS:
+      raise DlmError(f"unknown reveal schedule {self.reveal!r}; expected one of {REVEALS}")
 
 
 class Canvas(NamedTuple):

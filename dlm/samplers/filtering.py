@@ -26,21 +26,34 @@ def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
 
 def top_p_filter(logits: jax.Array, p: float) -> jax.Array:
   """Nucleus filtering (Holtzman et al. 2020): the smallest set of tokens whose probability
-  reaches p; the most likely token is always kept (p >= 1: all)."""
+  reaches p; the most likely token is always kept (p >= 1: all).
+
+  Tokens are ranked by a stable sort of -logits, so among tied logits the lower index comes
+  first, and the keep mask is made on that ranking and scattered back: a uniform 10-way
+  distribution with p = 0.3 keeps exactly tokens 0, 1, 2. (Comparing logits with the cutoff's
+  value, as HF and Dream do, keeps every token tied with it.) A set whose mass is within 1e-6
+  of p counts as reaching it, so float32 cumulative sums do not add a token at an exact tie."""
   if p >= 1.0:
     return logits
-  sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
-  probs = jax.nn.softmax(sorted_logits, axis=-1)
+  order = jnp.argsort(-logits, axis=-1, stable=True)
+  sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+  probs = jax.nn.softmax(sorted_logits.astype(jnp.float32), axis=-1)
   before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted token
-  keep = before < p
-  cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
-  return jnp.where(logits < cutoff, NEG_INF, logits)
+  first = jnp.arange(logits.shape[-1]) == 0
+  keep_sorted = (before < p - 1e-6) | first
+  keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
+  return jnp.where(keep, logits, NEG_INF)
 
 
-def process(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0):
-  """Temperature (0 means greedy: left unscaled), then top-k, then top-p (as HF and Dream)."""
+def process(logits: jax.Array, temperature: float, top_k: int = 0, top_p: float = 1.0, *,
+            top_p_first: bool = False):
+  """Temperature (0 means greedy: left unscaled), then top-k, then top-p (HF's
+  `LogitsProcessorList` order); with `top_p_first`, top-p then top-k (Dream's
+  `generation_utils.py::sample_tokens`: top_p_logits, then top_k_logits)."""
   if temperature > 0:
     logits = logits / temperature
+  if top_p_first:
+    return top_k_filter(top_p_filter(logits, top_p), top_k)
   return top_p_filter(top_k_filter(logits, top_k), top_p)
 
 

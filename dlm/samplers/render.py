@@ -49,9 +49,12 @@ def terminal_frames(pieces, revealed_at, steps: int, max_frames: int = 16,
 
 def html_replay(samples: list[dict], title: str = "dlm sampling replay") -> str:
   """A standalone page replaying each sample: `samples` holds dicts with `pieces`,
-  `revealed_at`, `steps` and `label`."""
+  `revealed_at`, `steps` and `label` (any text: it is escaped in the script block)."""
   data = json.dumps([{"pieces": s["pieces"], "at": [int(a) for a in s["revealed_at"]],
                       "steps": int(s["steps"]), "label": s["label"]} for s in samples])
+  # Inside <script> a piece such as '</script>' or '<!--' would end or derail the block: every
+  # '<', '>' and '&' becomes a JSON escape, which parses to the same data.
+  data = data.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
   return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
