@@ -13,6 +13,7 @@ prints how each was denoised; --html=FILE writes a page that replays it.
 
 import dataclasses
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -25,7 +26,7 @@ flags.DEFINE_string("workdir", None, "Training directory with checkpoints.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 flags.DEFINE_enum("params", "ema", ["ema", "params"], "EMA or raw parameters.")
 flags.DEFINE_integer("num_samples", 4, "How many samples.")
-flags.DEFINE_integer("batch_size", 0, "Samples per device call (0: all at once).")
+flags.DEFINE_integer("batch_size", 0, "Samples per device call (0: as many as fit in memory).")
 flags.DEFINE_integer("length", 0, "Tokens per sample (0: the model's training length).")
 flags.DEFINE_string("sampler", None, "One of: " + "; ".join(
     f"{family}: {', '.join(names)}" for family, names in samplers.FAMILY_SAMPLERS.items())
@@ -40,6 +41,10 @@ flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance weight (prompted 
 flags.DEFINE_float("z_guidance", 1.0, "CCDD guidance w on the representation channel (1 = off).")
 flags.DEFINE_enum("grid", "uniform", ["uniform", "cosine"], "Ancestral time grid.")
 flags.DEFINE_integer("draft_length", 5, "ASSD (any_order family): tokens drafted per step (k).")
+flags.DEFINE_enum("reveal", "even", ["even", "dream"], "Confidence orders: tokens revealed per "
+                  "step, LLaDA's even split per block or Dream's int(m (1 - s/t)).")
+flags.DEFINE_enum("readout", "mean", ["mean", "x0"], "Cosmos: decode the last step's mean "
+                  "(official) or one more x0 pass at t_min (+1 NFE).")
 flags.DEFINE_string("prompt", None, "Text the samples continue.")
 flags.DEFINE_string("infill", None, "Text with [MASK] / [MASK*n] spans to fill.")
 flags.DEFINE_string("source", None, "Source text of a conditional (pair) model, e.g. code to "
@@ -52,11 +57,32 @@ flags.DEFINE_string("html", None, "Write an HTML page replaying the denoising.")
 FLAGS = flags.FLAGS
 
 
+def _check_output(path: str | None, flag: str) -> None:
+  """An output file's directory exists and is writable, before any sampling."""
+  if path is None:
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise DlmError(f"--{flag}={path!r} is a directory; give a file name")
+  if not os.path.isdir(directory):
+    raise DlmError(f"--{flag}={path!r}: the directory {directory!r} does not exist")
+  if not os.access(directory, os.W_OK):
+    raise DlmError(f"--{flag}={path!r}: the directory {directory!r} is not writable")
+
+
 def main(argv):
   del argv
   with cli.user_errors():
     if not FLAGS.workdir:
       raise DlmError("--workdir is required")
+    for name in ("num_samples", "steps"):
+      if FLAGS[name].value <= 0:
+        raise DlmError(f"--{name} must be positive, got {FLAGS[name].value}")
+    for name in ("length", "batch_size", "block_length", "top_k"):
+      if FLAGS[name].value < 0:
+        raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
+    _check_output(FLAGS.output, "output")
+    _check_output(FLAGS.html, "html")
     if FLAGS.float64:
       import jax  # pylint: disable=g-import-not-at-top
 
@@ -68,7 +94,8 @@ def main(argv):
         name=FLAGS.sampler or "", steps=FLAGS.steps, block_length=FLAGS.block_length,
         temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
         float64=FLAGS.float64, cfg_scale=FLAGS.cfg_scale, grid=FLAGS.grid,
-        z_guidance=FLAGS.z_guidance, draft_length=FLAGS.draft_length)
+        z_guidance=FLAGS.z_guidance, draft_length=FLAGS.draft_length, reveal=FLAGS.reveal,
+        readout=FLAGS.readout)
     if FLAGS.sampler and cfg.name not in samplers.SAMPLERS:
       raise DlmError(f"unknown sampler {cfg.name!r}; choose one of {', '.join(samplers.SAMPLERS)}")
     batch = min(FLAGS.batch_size or FLAGS.num_samples, FLAGS.num_samples)
@@ -76,6 +103,9 @@ def main(argv):
     with cli.stdout_to_stderr():
       config, tokenizer, model, step = loop.restore_for_sampling(
           FLAGS.workdir, FLAGS.params, FLAGS.step, mesh)
+      if FLAGS.length > config.data.seq_len:
+        print(f"warning: --length={FLAGS.length} is beyond the model's training length "
+              f"{config.data.seq_len}; expect worse samples past it", file=sys.stderr)
       if not FLAGS.sampler:
         cfg = dataclasses.replace(cfg, name=samplers.default_sampler(config.model.family))
       times = None
@@ -90,8 +120,9 @@ def main(argv):
       results = text.sample(model, tokenizer, cfg, num_samples=FLAGS.num_samples,
                             length=length, prompt=FLAGS.prompt, infill=FLAGS.infill,
                             source=FLAGS.source, source_len=config.data.get("source_len", 0),
-                            add_bos=config.data.add_bos, seed=FLAGS.seed, batch_size=batch,
-                            max_length=config.data.seq_len, mesh=mesh, times=times)
+                            add_bos=config.data.add_bos, seed=FLAGS.seed,
+                            batch_size=FLAGS.batch_size, max_length=config.data.seq_len,
+                            mesh=mesh, times=times, progress=True)
   settings = {"workdir": FLAGS.workdir, "step": step, "params": FLAGS.params,
               **dataclasses.asdict(cfg), "seed": FLAGS.seed, "prompt": FLAGS.prompt,
               "infill": FLAGS.infill, "source": FLAGS.source, "schedule": FLAGS.schedule}

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging as pylogging
 import os
+import re
 import sys
 
 from absl import flags, logging
@@ -23,7 +25,8 @@ FLAGS = flags.FLAGS
 
 def define_config_flag() -> None:
   config_flags.DEFINE_config_file(
-      "config", None, "Experiment config file (configs/*.py).", lock_config=True
+      "config", None, "Experiment config file (configs/*.py; file.py:ARG passes ARG to its "
+      "get_config); override keys with --config.KEY=VALUE.", lock_config=True
   )
 
 
@@ -49,26 +52,65 @@ def _fail(message: str) -> None:
   sys.exit(2)
 
 
+_NEAR_MISS = re.compile(r'Did you mean "([^"]+)" instead of "([^"]+)"')
+
+
+def _unknown_key(e: Exception, argv: list[str]) -> str:
+  """`unknown config key 'train.stepz' (from --config.train.stepz=3); did you mean
+  'train.steps'?` from ml_collections' KeyError / AttributeError text."""
+  text = str(e.args[0]) if e.args else ""
+  near = _NEAR_MISS.search(text)
+  key = near.group(2) if near else text.splitlines()[0].strip().strip("'\"\\")
+  for arg in argv:
+    if arg.startswith("--config.") and "=" in arg:
+      path = arg[len("--config."):].split("=", 1)[0]
+      if key and key in path.split("."):
+        out = f"unknown config key {path!r} (from {arg})"
+        if near:
+          parts = path.split(".")
+          parts[parts.index(key)] = near.group(1)
+          out += f"; did you mean {'.'.join(parts)!r}?"
+        return out
+  return f"unknown config key {key!r}" + (f"; did you mean {near.group(1)!r}?" if near else "")
+
+
 def _describe(e: Exception, argv: list[str]) -> str:
-  text = str(e).strip()
   if isinstance(e, (KeyError, AttributeError)):
-    key = str(e.args[0]).strip("'\"") if e.args else ""
-    for arg in argv:
-      if arg.startswith("--config.") and "=" in arg:
-        path = arg[len("--config."):].split("=", 1)[0]
-        if path.split(".")[-1] == key or key in path.split("."):
-          return f"unknown config key {path!r} (from {arg})"
-    return f"unknown config key {key!r}"
+    return _unknown_key(e, argv)
+  text = str(e).strip()
   if isinstance(e, OSError) and "Failed loading config file" in text:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return f"cannot load the config file: {lines[-1]}"
-  return text.splitlines()[0] if text else type(e).__name__
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[0] if lines else type(e).__name__
+
+
+def _config_spec(argv: list[str]) -> str | None:
+  """The value of `--config=SPEC` / `--config SPEC` on the command line, if any."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg[len("--config="):]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing that reports a bad flag or config as one line; quiet library logging."""
-  logging.set_verbosity(logging.ERROR)  # library chatter (Orbax, TFDS) stays off the console
+  """absl flag parsing that reports a bad flag or config as one line; quiet library logging.
+
+  The config file is loaded once by `config.load_file` first, so that a file that does not
+  load (syntax error, no `get_config`, a rejected variant, ...) is named in one clean line
+  rather than in ml_collections' traceback text."""
+  # Library logging (Orbax, TFDS) stays off the console, errors included: every failure we
+  # can name reaches the user as one `error:` line, and Orbax's own log of a failed write
+  # would add its traceback before it.
+  logging.set_verbosity(logging.FATAL)
+  pylogging.getLogger().setLevel(pylogging.CRITICAL)  # other libraries' loggers
+  os.environ.setdefault("HF_HUB_VERBOSITY", "critical")  # read when huggingface_hub is imported
   try:
+    spec = _config_spec(argv)
+    if spec is not None and "config" in FLAGS:
+      config_lib.load_file(spec)
     rest = FLAGS(argv)
     if "config" in FLAGS and FLAGS["config"].present:
       config_lib.validate(FLAGS.config)  # also surfaces a config file that failed to load

@@ -5,7 +5,13 @@ change keys on the command line (`--config.data.seq_len=128`). A key that is not
 error, not a silent no-op.
 """
 
+import importlib.util
+import math
+import os
+
 from ml_collections import ConfigDict
+
+from dlm.errors import DlmError, one_line
 
 
 def base_config() -> ConfigDict:
@@ -45,7 +51,7 @@ def base_config() -> ConfigDict:
       # resumed run keeps its checkpoint's, so it continues exactly on any process count.
       streams=0,
       tokenizer=ConfigDict(dict(
-          path="",  # an existing tokenizer.json; '' = train a byte-level BPE on train_split
+          path="",  # a tokenizer.json (or a directory holding one); '' = train a byte-level BPE
           vocab_size=8192,  # BPE training only
           train_documents=0,  # BPE training on the first N documents (0 = all)
           num_reserved_pads=7,  # distinct padding tokens for rainbow padding
@@ -211,6 +217,10 @@ def base_config() -> ConfigDict:
       weight_decay=0.0,  # decoupled, on matrices only
       grad_clip=1.0,  # global norm; 0 = off
       grad_accum=1,  # micro-batches per step (same update as the full batch)
+      # A step whose loss, gradient or update is not finite is skipped (parameters, optimizer
+      # and EMA unchanged; counted as train/skipped_steps); this many in a row stop training
+      # with an error, the last good state checkpointed.
+      max_nonfinite_steps=10,
       ema_decay=0.9999,  # warmed up: min(ema_decay, (1 + step) / (10 + step))
       seed=0,
       log_every=50,
@@ -229,10 +239,31 @@ def base_config() -> ConfigDict:
   return config
 
 
+def _is_int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_mesh_shape(shape) -> None:
+  if (not isinstance(shape, (tuple, list)) or len(shape) != 3
+      or not all(_is_int(s) and (s >= 1 or s == -1) for s in shape)
+      or list(shape).count(-1) > 1):
+    raise DlmError(f"mesh.shape must be three integers (data, fsdp, tensor), each positive or "
+                   f"one of them -1 (the remaining devices), got {shape!r}")
+
+
+def _check_positive_ints(section, name: str, keys) -> None:
+  for key in keys:
+    if not _is_int(section[key]) or section[key] <= 0:
+      raise DlmError(f"{name}.{key} must be a positive integer, got {section[key]!r}")
+
+
 def validate(config: ConfigDict) -> ConfigDict:
   """Checks values that would otherwise fail deep inside JAX or grain; raises DlmError."""
-  from dlm.errors import DlmError  # pylint: disable=g-import-not-at-top
-
+  _check_mesh_shape(config.mesh.shape)
   d = config.data
   if not isinstance(d.seq_len, int) or d.seq_len <= 0:
     raise DlmError(f"data.seq_len must be a positive integer, got {d.seq_len!r}")
@@ -261,17 +292,33 @@ def validate(config: ConfigDict) -> ConfigDict:
     raise DlmError("data.response_padding='rainbow' needs data.tokenizer.num_reserved_pads >= 1")
   if not isinstance(d.streams, int) or isinstance(d.streams, bool) or d.streams < 0:
     raise DlmError(f"data.streams must be a non-negative integer, got {d.streams!r}")
+  if not _is_int(d.prefetch) or d.prefetch < 0:
+    raise DlmError(f"data.prefetch must be a non-negative integer, got {d.prefetch!r}")
   t = config.train
-  if t.batch_size <= 0:
-    raise DlmError(f"train.batch_size must be positive, got {t.batch_size}")
+  _check_positive_ints(t, "train", ("batch_size", "steps", "log_every", "eval_every",
+                                    "checkpoint_every", "keep_checkpoints", "grad_accum",
+                                    "max_nonfinite_steps"))
+  for key in ("eval_batches", "warmup_steps"):
+    if not _is_int(t[key]) or t[key] < 0:
+      raise DlmError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
+  if not _is_number(t.lr) or t.lr <= 0:
+    raise DlmError(f"train.lr must be a positive number, got {t.lr!r}")
+  for key in ("grad_clip", "weight_decay", "min_lr_ratio"):
+    if not _is_number(t[key]) or t[key] < 0:
+      raise DlmError(f"train.{key} must be a non-negative number, got {t[key]!r}")
+  for key in ("b1", "b2", "ema_decay"):
+    if not _is_number(t[key]) or not 0.0 <= t[key] < 1.0:
+      raise DlmError(f"train.{key} must be in [0, 1), got {t[key]!r}")
   if t.lr_schedule not in ("cosine", "constant"):
     raise DlmError(f"train.lr_schedule must be 'cosine' or 'constant', got {t.lr_schedule!r}")
-  if t.grad_accum <= 0 or t.batch_size % t.grad_accum:
+  if t.batch_size % t.grad_accum:
     raise DlmError(f"train.grad_accum={t.grad_accum} must divide train.batch_size={t.batch_size}")
-  for key in ("steps", "log_every", "eval_every", "checkpoint_every"):
-    if t[key] <= 0:
-      raise DlmError(f"train.{key} must be positive, got {t[key]}")
   m = config.model
+  _check_positive_ints(m, "model", ("width", "depth", "heads", "cond_width"))
+  if not _is_number(m.mlp_ratio) or m.mlp_ratio <= 0:
+    raise DlmError(f"model.mlp_ratio must be a positive number, got {m.mlp_ratio!r}")
+  if not _is_number(m.dropout) or not 0.0 <= m.dropout < 1.0:
+    raise DlmError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
   from dlm.models import FAMILIES  # pylint: disable=g-import-not-at-top
   from dlm.models.transformer import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
   from dlm.processes.schedules import KINDS  # pylint: disable=g-import-not-at-top
@@ -303,8 +350,15 @@ def validate(config: ConfigDict) -> ConfigDict:
       raise DlmError(f"cosmos.{key} must be in [0, 1], got {c[key]}")
   if c is not None and (not 0.0 < c.noise_delta <= 1.0 or not 0.0 <= c.t_min < 1.0):
     raise DlmError("need 0 < cosmos.noise_delta <= 1 and 0 <= cosmos.t_min < 1")
-  if config.get("ccdd") is not None and config.ccdd.latent_dim <= 0:
-    raise DlmError(f"ccdd.latent_dim must be positive, got {config.ccdd.latent_dim}")
+  cc = config.get("ccdd")
+  if cc is not None:
+    if not _is_int(cc.latent_dim) or cc.latent_dim <= 0:
+      raise DlmError(f"ccdd.latent_dim must be a positive integer, got {cc.latent_dim!r}")
+    if not _is_number(cc.gamma) or not 0.0 < cc.gamma <= 2.0:
+      raise DlmError(f"ccdd.gamma must be in (0, 2] (GIDD's process is valid only there), got "
+                     f"{cc.gamma!r}")
+    if not _is_number(cc.p_uniform) or not 0.0 <= cc.p_uniform < 1.0:
+      raise DlmError(f"ccdd.p_uniform must be in [0, 1), got {cc.p_uniform!r}")
   a = config.get("any_order")
   if a is not None:
     if not 0.0 < a.min_rate <= a.max_rate <= 1.0:
@@ -335,19 +389,41 @@ def validate(config: ConfigDict) -> ConfigDict:
   return config
 
 
-def from_file(path: str, **overrides) -> ConfigDict:
-  """Loads `get_config()` from a config file (`file.py:ARG` calls `get_config(ARG)`, as
-  `--config=` does), applies dotted overrides, validates, locks."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-
-  arg = None
+def load_file(spec: str) -> ConfigDict:
+  """`get_config()` of a config file; `file.py:ARG` calls `get_config(ARG)` (as `--config=`
+  does). Every way the file can fail becomes one DlmError line: missing, a syntax error, an
+  exception while it loads, no `get_config`, `get_config` raising (its own message is shown,
+  e.g. a rejected variant) or returning something other than a ConfigDict."""
+  path, arg = spec, None
   if not os.path.exists(path) and ":" in path:
-    path, arg = path.rsplit(":", 1)
-  spec = importlib.util.spec_from_file_location("dlm_user_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config() if arg is None else module.get_config(arg)
+    path, arg = spec.split(":", 1)
+  if not os.path.isfile(path):
+    raise DlmError(f"config file {path!r} does not exist")
+  module_spec = importlib.util.spec_from_file_location("dlm_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise DlmError(f"config file {path!r}: syntax error at line {e.lineno}: {e.msg}") from None
+  except Exception as e:  # pylint: disable=broad-except
+    raise DlmError(f"config file {path!r} failed to load: {one_line(e)}") from None
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise DlmError(f"config file {path!r} has no get_config() function")
+  call = "get_config()" if arg is None else f"get_config({arg!r})"
+  try:
+    config = get_config() if arg is None else get_config(arg)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DlmError(f"config file {path!r}: {call} failed: {one_line(e)}") from None
+  if not isinstance(config, ConfigDict):
+    raise DlmError(f"config file {path!r}: {call} returned {type(config).__name__}, not an "
+                   "ml_collections ConfigDict (start from dlm.config.base_config())")
+  return config
+
+
+def from_file(path: str, **overrides) -> ConfigDict:
+  """Loads a config file (`load_file`), applies dotted overrides, validates, locks."""
+  config = load_file(path)
   config.lock()
   for key, value in overrides.items():
     parent = config
@@ -356,3 +432,16 @@ def from_file(path: str, **overrides) -> ConfigDict:
       parent = parent[h]
     parent[last] = value  # raises on an unknown key, as the command line does
   return validate(config)
+
+
+def from_stored(stored: dict) -> ConfigDict:
+  """A config saved with a checkpoint, on top of today's base config: keys added since it was
+  written take their documented defaults, the stored values win everywhere else."""
+
+  def merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+      out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+  return ConfigDict(merge(base_config().to_dict(), stored))

@@ -6,6 +6,12 @@ import contextlib
 import sys
 
 
+def one_line(e: BaseException) -> str:
+  """`ExceptionType: the first line of its message`, for errors reported in one line."""
+  text = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+  return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
 class DlmError(Exception):
   """A problem with the user's input (config, data, checkpoint, prompt), not a bug."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 
 import jax
@@ -34,20 +35,34 @@ from dlm.train import step as step_lib
 LN2 = math.log(2.0)
 
 
-def validation_bound(config, tokenizer, model, mesh) -> dict:
-  """The training bound on the whole evaluation split (AR: exact NLL), as bits and perplexity."""
+# What each family's validation number averages over. The autoregressive NLL cannot score the
+# first token of a document piece (nothing precedes it in its row), the diffusion bounds score
+# every token: both counts are reported, so the two can be read side by side.
+COUNTED = {
+    "autoregressive": "real tokens with a predecessor in their document piece (the first token "
+                      "of each piece is not scored) and not given",
+}
+COUNTED_DEFAULT = "every real token that is not given (a pair's source)"
+
+
+def validation_bound(config, tokenizer, model, mesh, eval_batches: int = 0) -> dict:
+  """The training bound on the evaluation split (AR: exact NLL), as bits and perplexity, over
+  `eval_batches` batches (0 = the whole split)."""
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   batch_sharding = pipeline.batch_sharding(mesh, config.mesh.rules)
   evaluator = loop.Evaluator(config, tokenizer, mesh, step_lib.make_eval_step(
-      graphdef, param_shardings, batch_sharding))
+      graphdef, param_shardings, batch_sharding), batches=eval_batches)
   with jax.set_mesh(mesh):
     out = evaluator(params)
+  counts = {"tokens": int(out["tokens"]), "real_tokens": evaluator.real_tokens,
+            "counted": COUNTED.get(config.model.family, COUNTED_DEFAULT),
+            "eval_batches": eval_batches}
   if "bits_per_token" not in out:  # continuous families: a training loss, not a bound
-    return {**out, "tokens": int(out["tokens"]), "bound": False}
-  return {"bits_per_token": out["bits_per_token"], "perplexity": out["perplexity"],
-          "tokens": int(out["tokens"]), "unigram_bits_per_token": evaluator.unigram_bits,
+    return {**out, **counts, "bound": False}
+  return {"bits_per_token": out["bits_per_token"], "perplexity": out["perplexity"], **counts,
+          "unigram_bits_per_token": evaluator.unigram_bits,
           "exact": config.model.family == "autoregressive", "bound": True}
 
 
@@ -167,7 +182,7 @@ def infill_accuracy(model, tokenizer, rows, cfg: samplers.SamplerConfig, span: i
 def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "ema",
              sampler: samplers.SamplerConfig | None = None, num_samples: int = 0,
              mauve: bool = False, infill_rows: int = 0, infill_span: int = 16,
-             num_pairs: int = 0, times=None, seed: int = 0) -> dict:
+             num_pairs: int = 0, times=None, seed: int = 0, eval_batches: int = 0) -> dict:
   peek = loop.read_config(workdir)  # the mesh must split both the samples and eval batches
   mesh = sample_text.data_mesh(math.gcd(num_samples or peek.train.batch_size,
                                         peek.train.batch_size))
@@ -185,7 +200,7 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
                      f"{j_tok.vocab_size}) and model {workdir!r} (vocabulary "
                      f"{tokenizer.vocab_size})")
     result["judge"] = {"workdir": judge_workdir, "step": j_step}
-  result["validation"] = validation_bound(config, tokenizer, model, mesh)
+  result["validation"] = validation_bound(config, tokenizer, model, mesh, eval_batches)
   family = config.model.family
   sampler = sampler or samplers.SamplerConfig()
   if not sampler.name:
@@ -241,6 +256,8 @@ def define_flags() -> None:
   flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
   flags.DEFINE_integer("infill_rows", 0, "Validation rows for infilling accuracy (0: skip).")
   flags.DEFINE_integer("infill_span", 16, "Masked span length for infilling accuracy.")
+  flags.DEFINE_integer("eval_batches", 0, "Validation batches for the bound (0: the whole "
+                       "split).")
   flags.DEFINE_integer("seed", 0, "Random seed.")
   flags.DEFINE_string("output", None, "Also write the JSON here.")
 
@@ -255,6 +272,13 @@ def main(argv):
     if FLAGS.sampler and cfg.name not in samplers.SAMPLERS:
       raise DlmError(f"unknown sampler {cfg.name!r}; choose one of "
                      f"{', '.join(samplers.SAMPLERS)}")
+    for name in ("eval_batches", "num_samples", "num_pairs", "infill_rows"):
+      if FLAGS[name].value < 0:
+        raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
+    if FLAGS.steps <= 0 or FLAGS.infill_span <= 0:
+      raise DlmError("--steps and --infill_span must be positive")
+    if FLAGS.output and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.output))):
+      raise DlmError(f"--output={FLAGS.output!r}: its directory does not exist")
     times = None
     if FLAGS.schedule:
       from dlm.processes import nonsim  # pylint: disable=g-import-not-at-top
@@ -264,7 +288,8 @@ def main(argv):
       result = evaluate(FLAGS.workdir, judge_workdir=FLAGS.judge_workdir, which=FLAGS.params,
                         sampler=cfg, num_samples=FLAGS.num_samples, mauve=FLAGS.mauve,
                         infill_rows=FLAGS.infill_rows, infill_span=FLAGS.infill_span,
-                        num_pairs=FLAGS.num_pairs, times=times, seed=FLAGS.seed)
+                        num_pairs=FLAGS.num_pairs, times=times, seed=FLAGS.seed,
+                        eval_batches=FLAGS.eval_batches)
   line = json.dumps(result)
   print(line)
   if FLAGS.output:

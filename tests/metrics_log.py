@@ -1,7 +1,8 @@
-"""Reading a run's metrics.jsonl in tests."""
+"""Reading a run's metrics.jsonl in tests, and waiting for a running one's files."""
 
 import json
 import os
+import time
 
 
 def losses(workdir) -> dict:
@@ -14,3 +15,12 @@ def losses(workdir) -> dict:
         assert d["step"] not in out, f"step {d['step']} logged twice (only process 0 logs)"
         out[d["step"]] = d["train/loss"]
   return out
+
+
+def wait_for(path, proc, timeout=300):
+  """Waits until `path` exists while the subprocess `proc` is still running."""
+  start = time.time()
+  while not os.path.exists(path):
+    assert proc.poll() is None, proc.communicate()
+    assert time.time() - start < timeout
+    time.sleep(0.05)

@@ -120,6 +120,46 @@ def test_existing_bert_wordpiece_tokenizer():
   assert tok.decode(tok.encode("Hello, world!"), skip_special_tokens=True) == "hello, world!"
 
 
+def test_special_token_spellings_in_text_are_text(tokenizer, tmp_path):
+  text = "a <|mask|> b <|eos|> c <|pad_0|> [MASK]"
+  ids = tokenizer.encode(text).tolist()
+  control = {tokenizer.mask_id, tokenizer.eos_id, tokenizer.pad_id, tokenizer.bos_id,
+             *tokenizer.reserved_pad_ids}
+  assert not control & set(ids) and tokenizer.decode(ids) == text
+  path = str(tmp_path / "tokenizer.json")  # a runtime setting: the saved file is unchanged
+  tokenizer.save(path)
+  assert Tokenizer.from_file(path).fingerprint == tokenizer.fingerprint
+  directory = Tokenizer.from_file(str(tmp_path))  # a directory holding a tokenizer.json
+  assert directory.fingerprint == tokenizer.fingerprint
+
+
+def test_long_texts_are_encoded_in_bounded_pieces_with_the_whole_texts_ids(tokenizer):
+  from dlm.data import tokenizer as tokenizer_lib
+
+  prose = (ROOT / "README.md").read_text() * 8  # about 230k characters, many lines
+  blob = "x" * (3 * tokenizer_lib.MAX_PIECE + 5)  # no whitespace at all: hard cuts
+  for text in (prose, blob):
+    pieces = list(tokenizer_lib.pieces(text, tokenizer_lib.MAX_PIECE))
+    assert "".join(pieces) == text and len(pieces) > 2
+    assert max(len(p) for p in pieces) <= tokenizer_lib.MAX_PIECE
+  seen = []
+  hf = tokenizer.hf
+
+  class Spy:  # what the HF tokenizer is asked to encode in one call
+    def encode_batch(self, texts, *args):
+      seen.extend(len(t) for t in texts)
+      return hf.encode_batch(texts, *args)
+
+  tokenizer.hf = Spy()
+  try:
+    ids = tokenizer.encode(prose)
+  finally:
+    tokenizer.hf = hf
+  assert seen and max(seen) <= tokenizer_lib.MAX_PIECE
+  # Cut between words, the pieces' ids are the whole text's, token for token.
+  assert ids.tolist() == hf.encode(prose, add_special_tokens=False).ids
+
+
 # Sources ----------------------------------------------------------------------------------
 
 

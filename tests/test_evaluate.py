@@ -45,13 +45,13 @@ def test_generation_scored_by_the_judge(runs):
   # perplexity must equal the vocabulary size, and the AR validation bound is exact log V.
   result = evaluate.evaluate(runs["masked"], judge_workdir=runs["ar"],
                              sampler=samplers.SamplerConfig(steps=8), num_samples=4,
-                             infill_rows=4, infill_span=8)
+                             infill_rows=4, infill_span=8, eval_batches=1)
   vocab = 2048
   assert result["samples"]["gen_perplexity"] == pytest.approx(vocab, rel=1e-3)
   assert result["samples"]["mean_nfe"] == 8 and result["samples"]["num_samples"] == 4
   assert 0.0 <= result["infill"]["infill_accuracy"] <= 1.0
   assert result["validation"]["exact"] is False
-  ar = evaluate.evaluate(runs["ar"], which="params")
+  ar = evaluate.evaluate(runs["ar"], which="params", eval_batches=1)
   assert ar["validation"]["exact"] is True
   assert ar["validation"]["bits_per_token"] == pytest.approx(math.log2(vocab), rel=1e-4)
 

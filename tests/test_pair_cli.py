@@ -61,7 +61,8 @@ def test_schedule_search_sample_and_evaluate(workdir, tmp_path):
              f"--schedule={result['output']}")
   assert bad.returncode == 2 and "does not fit 5 steps" in bad.stderr
 
-  res = evaluate.evaluate(workdir, sampler=samplers.SamplerConfig(name="", steps=4), num_pairs=4)
+  res = evaluate.evaluate(workdir, sampler=samplers.SamplerConfig(name="", steps=4), num_pairs=4,
+                          eval_batches=1)
   assert res["pairs"]["pairs"] == 4 and 0.0 <= res["pairs"]["bleu"] <= 100.0
   assert res["pairs"]["sampler"] == "neodiff"
   assert res["validation"]["bound"] is False and np.isfinite(res["validation"]["loss"])

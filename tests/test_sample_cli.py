@@ -96,3 +96,23 @@ def test_sampling_sharded_over_devices_matches_one_device(workdir):
     assert out.tokens.sharding.mesh.shape["data"] == mesh.shape["data"]
     results.append(np.asarray(out.tokens))
   np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_samples_too_many_for_memory_are_batched(workdir, monkeypatch):
+  """With room for 3 rows per batch, 7 samples come in 3 batches (padded to whole shards),
+  exactly 7 results, each a sample of its own."""
+  from dlm import samplers
+  from dlm.samplers import text
+
+  _, tok, model, _ = loop.restore_for_sampling(workdir, mesh=text.data_mesh(1))
+  per_row = 4 * 32 * (8 * tok.vocab_size + 32 * 32) + 4 * 2 * 2 * 32 * 32
+  monkeypatch.setattr(text, "_free_bytes", lambda mesh: 3 * per_row)
+  assert text.auto_batch_size(model, 7, 32, tok.vocab_size, text.data_mesh(1)) == 3
+  calls = []
+  generate = samplers.generate
+  monkeypatch.setattr(samplers, "generate",
+                      lambda *a, **k: calls.append(a[3].tokens.shape) or generate(*a, **k))
+  out = text.sample(model, tok, samplers.SamplerConfig(steps=4), num_samples=7, length=32,
+                    mesh=text.data_mesh(1))
+  assert len(out) == 7 and calls == [(3, 32)] * 3
+  assert len({tuple(r["full_tokens"]) for r in out}) == 7

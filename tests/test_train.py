@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -204,12 +203,7 @@ def _env():
   return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
 
 
-def _wait_for(path, proc, timeout=300):
-  start = time.time()
-  while not os.path.exists(path):
-    assert proc.poll() is None, proc.communicate()
-    assert time.time() - start < timeout
-    time.sleep(0.05)
+_wait_for = metrics_log.wait_for
 
 
 def test_resume_after_sigkill_and_sigterm_matches_uninterrupted(tiny, tmp_path):
@@ -268,7 +262,7 @@ def test_bad_training_input(tiny, tmp_path):
   _expect_error(cfg(**{"mesh.shape": (1, 1, 8), "model.heads": 2}), tmp_path / "c",
                 "cannot split")
   loop.train(cfg(), str(tmp_path / "d"))
-  _expect_error(cfg(**{"model.width": 64}), tmp_path / "d", "belongs to another model shape")
+  _expect_error(cfg(**{"model.width": 64}), tmp_path / "d", "was trained with model.width=32, not 64")
   _expect_error(cfg(**{"data.tokenizer.vocab_size": 4096}), tmp_path / "d",
                 "trained with another tokenizer")
   with pytest.raises(DlmError, match="unknown model.family"):
@@ -336,3 +330,28 @@ def test_autoregressive_sampling_stops_each_row_at_its_eos(tiny, tokenizer):
     assert r["nfe"] == len(before) + 1
     stops.add(int(first))
   assert len(stops) > 1  # rows stop at their own positions
+
+
+def test_a_non_finite_step_changes_nothing_but_the_step_count(tiny, tokenizer):
+  """A NaN anywhere in the loss or gradients skips the update: parameters, optimizer moments
+  and EMA stay bit for bit, the step counter advances, `skipped` says so."""
+  mesh = sharding.make_mesh((2, 2, 2))
+  batch = _local_batches(tiny, tokenizer, 1)[0]
+  graphdef, state, shardings, bs, tx, lr = _setup(tiny, tokenizer, mesh)
+  step = step_lib.make_train_step(graphdef, tx, lr, tiny.train, shardings, bs)
+  device_batch = {k: jax.device_put(v, bs) for k, v in batch.items()}
+  with jax.set_mesh(mesh):
+    good, metrics = step(state, device_batch)
+    assert int(metrics["skipped"]) == 0
+    before = jax.device_get(good)
+    poisoned = good.replace(params=jax.tree_util.tree_map_with_path(
+        lambda path, x: x.at[0, 0].set(jnp.nan) if "w_down" in jax.tree_util.keystr(path)
+        else x, good.params))
+    poisoned_host = jax.device_get(poisoned)
+    after, metrics = step(poisoned, device_batch)
+  assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
+  after = jax.device_get(after)
+  assert int(after.step) == int(before.step) + 1
+  for a, b in ((after.params, poisoned_host.params), (after.opt_state, poisoned_host.opt_state),
+               (after.ema, poisoned_host.ema)):
+    jax.tree.map(np.testing.assert_array_equal, a, b)

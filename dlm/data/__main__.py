@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from absl import app
+from absl import app, flags
 
 from dlm import cli
 from dlm.data import inputs, pipeline, sources
@@ -148,4 +148,5 @@ def main(argv):
 
 if __name__ == "__main__":
   cli.define_config_flag()
+  flags.adopt_module_key_flags(cli)
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,6 +1,7 @@
 """User text files and JSONL files as a TFDS dataset (prepared as array_record like any other).
 
 `text:GLOB` reads one document per file (or per non-empty line, `data.document_per="line"`);
+(empty files and blank lines are no documents; a file that is not UTF-8 is an error naming it);
 `jsonl:GLOB` reads one document per line, each a JSON object whose string fields become
 features (`text`, or `prompt`/`response` pairs for instruction data). A `{split}` in the glob
 names the split's files (`text:/data/{split}/*.txt`); otherwise documents are split into
@@ -42,18 +43,48 @@ def _expand(pattern: str) -> dict[str, list[str]]:
   return {"*": sorted(globlib.glob(pattern, recursive=True))}
 
 
-def _jsonl_records(path: str):
-  with open(path, encoding="utf-8") as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
+def _not_utf8(path: str) -> DlmError:
+  """Where a file stops being UTF-8: the line and byte of its first invalid sequence."""
+  with open(path, "rb") as f:
+    offset = 0
+    for lineno, raw in enumerate(f, 1):
       try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DlmError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-      if not isinstance(record, dict):
-        raise DlmError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-      yield lineno, record
+        raw.decode("utf-8")
+      except UnicodeDecodeError as e:
+        return DlmError(f"{path}: not valid UTF-8 (line {lineno}, byte {offset + e.start}: "
+                        f"{e.reason}); convert the file to UTF-8 or leave it out of the glob")
+      offset += len(raw)
+  return DlmError(f"{path}: not valid UTF-8")
+
+
+def _lines(path: str):
+  """(line number, line) of a UTF-8 text file; invalid UTF-8 is a DlmError naming the file."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      yield from enumerate(f, 1)
+  except UnicodeDecodeError:
+    raise _not_utf8(path) from None
+
+
+def _read(path: str) -> str:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  except UnicodeDecodeError:
+    raise _not_utf8(path) from None
+
+
+def _jsonl_records(path: str):
+  for lineno, line in _lines(path):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DlmError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+      raise DlmError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    yield lineno, record
 
 
 def make_config(kind: str, pattern: str, document_per: str, validation_fraction: float):
@@ -118,20 +149,28 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     cfg = self.builder_config
     for path in paths:
       if cfg.kind == "text" and cfg.document_per == "file":
-        yield path
+        if _read(path).strip():
+          yield path
         continue
-      with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-          if line.strip():
-            yield f"{path}:{lineno}"
+      for lineno, line in _lines(path):
+        if line.strip():
+          yield f"{path}:{lineno}"
 
   def _nonempty_splits(self) -> list[str]:
-    """TFDS cannot write an empty split: a hash split of few documents may leave one empty."""
+    """TFDS cannot write an empty split: a hash split of few documents may leave one empty
+    (`sources.open_split` then says so). No document at all is an error here."""
     cfg = self.builder_config
+    found = {split: any(True for _ in self._keys(paths)) for split, paths in cfg.files.items()}
+    if not any(found.values()):
+      raise DlmError(f"empty dataset: the files matching {cfg.description} hold no text")
     if "*" not in cfg.files:
+      empty = [s for s, any_doc in found.items() if not any_doc]
+      if empty:
+        raise DlmError(f"empty dataset: the {empty[0]!r} files matching {cfg.description} "
+                       "hold no text")
       return list(SPLITS)
-    found = {split_of(k, cfg.validation_fraction) for k in self._keys(cfg.files["*"])}
-    return [s for s in SPLITS if s in found]
+    splits = {split_of(k, cfg.validation_fraction) for k in self._keys(cfg.files["*"])}
+    return [s for s in SPLITS if s in splits]
 
   def _documents(self, paths):
     cfg = self.builder_config
@@ -143,13 +182,13 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             raise DlmError(f"{path}:{lineno}: record lacks string field(s) {missing}")
           yield f"{path}:{lineno}", {**{f: record[f] for f in cfg.fields}}
       elif cfg.document_per == "line":
-        with open(path, encoding="utf-8") as f:
-          for lineno, line in enumerate(f, 1):
-            if line.strip():
-              yield f"{path}:{lineno}", {"text": line.rstrip("\n")}
+        for lineno, line in _lines(path):
+          if line.strip():
+            yield f"{path}:{lineno}", {"text": line.rstrip("\n")}
       else:
-        with open(path, encoding="utf-8") as f:
-          yield path, {"text": f.read()}
+        text = _read(path)
+        if text.strip():  # an empty file is no document
+          yield path, {"text": text}
 
   def _generate_examples(self, split: str):
     cfg = self.builder_config

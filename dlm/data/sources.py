@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
+import sys
 from typing import Any, Sequence
 
 import filelock
@@ -23,7 +25,7 @@ import tensorflow_datasets as tfds
 
 from dlm.data import local_builder
 from dlm.data import stdlib_builder  # noqa: F401  (registers python_stdlib with TFDS)
-from dlm.errors import DlmError
+from dlm.errors import DlmError, one_line
 
 
 def data_dir(cfg) -> str:
@@ -46,6 +48,9 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
       raise DlmError(f"unknown dataset {spec!r}: TFDS has no dataset named {rest!r}") from None
     except ValueError as e:  # unknown config or version of a known dataset
       raise DlmError(f"unknown dataset {spec!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # pylint: disable=broad-except  (no network for a hub dataset, ...)
+      hub = " (fetched from the Hugging Face hub: is there network?)" if "huggingface" in rest else ""
+      raise DlmError(f"cannot open dataset {spec!r}{hub}: {one_line(e)}") from None
   if scheme in ("text", "jsonl"):
     config = local_builder.make_config(
         scheme, rest, cfg.document_per, cfg.validation_fraction
@@ -93,13 +98,26 @@ def _prepare_locked(b: tfds.core.DatasetBuilder) -> None:
   with file_lock(str(b.data_dir)):
     if b.is_prepared():
       return
+    print(f"dlm: preparing {b.info.full_name} in {b.data_dir} (once)", file=sys.stderr)
     try:
-      b.download_and_prepare(file_format="array_record")
+      with _quiet():
+        b.download_and_prepare(file_format="array_record")
     except DlmError:
       raise
     except Exception as e:  # a catalog dataset that needs manual download, network, ...
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise DlmError(f"could not prepare dataset {b.info.full_name}: {first}") from e
+
+
+@contextlib.contextmanager
+def _quiet():
+  """TFDS's progress bars and notices stay off the console (dlm says one line instead)."""
+  tfds.disable_progress_bar()
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    tfds.enable_progress_bar()
 
 
 @dataclasses.dataclass
@@ -141,6 +159,13 @@ def open_split(cfg, split: str, *, feature: str | None = None) -> Documents:
     )
   base = split.split("[")[0]
   if base not in b.info.splits:
+    files = getattr(b.builder_config, "files", {})
+    if "*" in files and base in local_builder.SPLITS:
+      raise DlmError(
+          f"dataset {cfg.dataset!r} has no {base!r} documents: the hash split "
+          f"(data.validation_fraction={cfg.validation_fraction}) put none there; raise "
+          "data.validation_fraction, add documents, or name each split's files with {split} "
+          "in the glob")
     raise DlmError(
         f"dataset {cfg.dataset!r} has no split {base!r} (splits: {sorted(b.info.splits)})"
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -34,6 +35,36 @@ _KNOWN = {
 }
 
 
+# Longest text handed to the tokenizer in one call: HF tokenizers keep some 250 bytes per
+# character of an encoding (offsets, word ids, ...), so a 7.5 MB line took 2 GB at once.
+MAX_PIECE = 1 << 16
+# Longest piece BPE training sees: its merges cost grows with the square of a word's length,
+# and a line without whitespace (minified code, base64) is one word to the pre-tokenizer.
+MAX_BPE_PIECE = 1 << 12
+
+
+_BOUNDARY = re.compile(r"(?<=\S)[ \n](?=\S)")
+
+
+def pieces(text: str, limit: int) -> Iterable[str]:
+  """`text` cut into consecutive pieces of at most `limit` characters that join back to it.
+
+  Each cut falls, where one exists in the second half of the window, just before a single space
+  or newline between two non-space characters (`a| b`): a place where byte-level (GPT-2, Qwen,
+  Llama 3) and whitespace (BERT) pre-tokenizers start a new pre-token anyway, so the ids are
+  those of the whole text. Only a window without such a place (one word longer than
+  `limit / 2`) is cut where the window ends."""
+  start, n = 0, len(text)
+  while n - start > limit:
+    lo, end = start + limit // 2, start + limit
+    cut = end
+    for m in _BOUNDARY.finditer(text, lo, end):
+      cut = m.start()
+    yield text[start:cut]
+    start = cut
+  yield text[start:]
+
+
 def reserved_pad_token(k: int) -> str:
   return f"<|pad_{k}|>"
 
@@ -47,6 +78,9 @@ class Tokenizer:
     # (all-MiniLM-L6-v2: truncate and pad to 128); documents are never cut nor padded here.
     hf.no_truncation()
     hf.no_padding()
+    # A special token's spelling inside a text is text (a runtime setting: not saved, so the
+    # tokenizer.json and its fingerprint are unchanged). Control tokens enter by id only.
+    hf.encode_special_tokens = True
     self.hf = hf
     overrides = {k: v for k, v in (overrides or {}).items() if v}
     unknown = set(overrides) - set(ROLES)
@@ -83,6 +117,12 @@ class Tokenizer:
   def from_file(cls, path: str, num_reserved_pads: int = 7,
                 overrides: Mapping[str, str] | None = None) -> "Tokenizer":
     path = os.path.expanduser(path)
+    if os.path.isdir(path):  # a model directory: its tokenizer.json
+      inside = os.path.join(path, "tokenizer.json")
+      if not os.path.isfile(inside):
+        raise DlmError(f"data.tokenizer.path {path!r} is a directory without a tokenizer.json; "
+                       "give the tokenizer.json file")
+      path = inside
     if not os.path.isfile(path):
       raise DlmError(f"tokenizer file {path!r} does not exist")
     try:
@@ -109,7 +149,8 @@ class Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    hf.train_from_iterator(texts, trainer=trainer, length=length)
+    hf.train_from_iterator((p for t in texts for p in pieces(t, MAX_BPE_PIECE)),
+                           trainer=trainer, length=length)
     return cls(hf, num_reserved_pads)
 
   def save(self, path: str) -> None:
@@ -130,9 +171,24 @@ class Tokenizer:
     return hashlib.sha256(self.hf.to_str().encode("utf-8")).hexdigest()[:16]
 
   def encode(self, text: str) -> np.ndarray:
-    return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+    """Token ids of a text. Text is always text: a special token's spelling in it (`<|eos|>`,
+    `[MASK]`) is encoded as characters, never as the control token. A text longer than
+    `MAX_PIECE` characters is encoded in pieces (`pieces`), so memory stays bounded by the
+    piece, not by the longest line or document."""
+    if len(text) <= MAX_PIECE:
+      return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+    out, group = [], []
+    for piece in pieces(text, MAX_PIECE):  # a few pieces at a time, in parallel
+      group.append(piece)
+      if len(group) == 4:
+        out += [np.asarray(e.ids, np.int32) for e in self.hf.encode_batch(group, False)]
+        group = []
+    out += [np.asarray(e.ids, np.int32) for e in self.hf.encode_batch(group, False)]
+    return np.concatenate(out)
 
   def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+    if any(len(t) > MAX_PIECE for t in texts):
+      return [self.encode(t) for t in texts]
     encodings = self.hf.encode_batch(texts, add_special_tokens=False)
     return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import sys
 
 import jax
 import numpy as np
+from flax import nnx
 
 from dlm import samplers
 from dlm import sharding
 from dlm.errors import DlmError
+from dlm.models.transformer import TransformerConfig
 from dlm.samplers.core import Canvas, SamplerConfig
 
 _SPAN = re.compile(r"\[MASK(?:\*(\d+))?\]")
@@ -100,38 +104,75 @@ def canvas_template(tokenizer, family: str, *, length: int, prompt: str | None =
 def sample(model, tokenizer, cfg: SamplerConfig, *, num_samples: int, length: int,
            prompt: str | None = None, infill: str | None = None, source: str | None = None,
            source_len: int = 0, add_bos: bool = False, seed: int = 0, batch_size: int = 0,
-           max_length: int | None = None, mesh=None, times=None) -> list[dict]:
-  """Generates `num_samples` sequences (`batch_size` at a time, on `mesh`, where the model's
-  parameters live); returns one dict per sample (text, tokens, nfe, ...)."""
+           max_length: int | None = None, mesh=None, times=None,
+           progress: bool = False) -> list[dict]:
+  """Generates `num_samples` sequences (`batch_size` at a time, 0 = as many as fit in memory,
+  on `mesh`, where the model's parameters live); returns one dict per sample (text, tokens,
+  nfe, ...)."""
   family = samplers.family_of(model)
   row = canvas_template(tokenizer, family, length=length, prompt=prompt, infill=infill,
                         source=source, source_len=source_len, add_bos=add_bos,
                         max_length=max_length)
   return fill(model, tokenizer, cfg, [row] * num_samples, seed=seed, batch_size=batch_size,
-              mesh=mesh, times=times)
+              mesh=mesh, times=times, progress=progress)
+
+
+def _free_bytes(mesh) -> int:
+  """Memory one data shard may use for sampling: half of what the host has available on CPU,
+  80% of a device's free memory on an accelerator."""
+  device = mesh.devices.flat[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and "bytes_limit" in stats:
+    return int(0.8 * (stats["bytes_limit"] - stats.get("bytes_in_use", 0)))
+  available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  return available // 2 // max(mesh.shape["data"], 1) if device.platform == "cpu" else available
+
+
+def auto_batch_size(model, rows: int, length: int, vocab_size: int, mesh) -> int:
+  """How many rows to sample at once so that a batch fits in memory: an estimate of a row's
+  working set (about eight float32 copies of its logits, for the softmax, filtering, sorting
+  and the draw, plus the backbone's activations and attention scores) against the free memory
+  of each data shard."""
+  nets = [node.cfg for _, node in nnx.iter_graph(model)
+          if isinstance(getattr(node, "cfg", None), TransformerConfig)]
+  width = max((c.width for c in nets), default=1024)
+  heads = max((c.heads for c in nets), default=16)
+  per_row = 4 * length * (8 * vocab_size + 32 * width) + 4 * 2 * heads * length * length
+  per_shard = max(1, _free_bytes(mesh) // max(per_row, 1))
+  return int(min(rows, per_shard * mesh.shape["data"]))
 
 
 def fill(model, tokenizer, cfg: SamplerConfig, rows, *, seed: int = 0, batch_size: int = 0,
-         mesh=None, times=None) -> list[dict]:
-  """Samples every canvas row `(tokens, given)` (all of one length), `batch_size` at a time.
-  Each result has `text` (given and generated, to the first generated eos), `generated` (the
-  generated tokens only, to that eos), the raw tokens, the reveal steps and the NFE."""
+         mesh=None, times=None, progress: bool = False) -> list[dict]:
+  """Samples every canvas row `(tokens, given)` (all of one length), `batch_size` at a time
+  (0: as many as fit in memory, `auto_batch_size`), with a progress bar on stderr over several
+  batches if `progress`. Each result has `text` (given and generated, to the first generated
+  eos), `generated` (the generated tokens only, to that eos), the raw tokens, the reveal steps
+  and the NFE."""
   if not rows:
     return []
   length = len(rows[0][0])
   samplers.check(cfg, length, samplers.family_of(model))
   cfg = dataclasses.replace(cfg, stop_ids=tuple(sorted(stop_ids(tokenizer))))
-  batch_size = min(batch_size or len(rows), len(rows))
   if mesh is None:
-    mesh = data_mesh(batch_size)
-  else:  # the model's mesh: a batch of whole rows per data shard (short chunks are padded)
-    shards = mesh.shape["data"]
-    batch_size = -(-batch_size // shards) * shards
+    mesh = data_mesh(min(batch_size or len(rows), len(rows)))
+  if not batch_size:
+    batch_size = auto_batch_size(model, len(rows), length, tokenizer.vocab_size, mesh)
+  batch_size = min(batch_size, len(rows))
+  shards = mesh.shape["data"]  # a batch of whole rows per data shard (short chunks are padded)
+  batch_size = -(-batch_size // shards) * shards
   batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), (("batch", "data"),))
   results = []
   rng = jax.random.PRNGKey(seed)
+  starts = range(0, len(rows), batch_size)
+  if progress and len(starts) > 1:
+    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+
+    print(f"dlm: {len(rows)} samples in {len(starts)} batches of {batch_size}",
+          file=sys.stderr)
+    starts = tqdm(starts, file=sys.stderr, unit="batch", dynamic_ncols=True)
   with jax.set_mesh(mesh):
-    for start in range(0, len(rows), batch_size):
+    for start in starts:
       chunk = rows[start:start + batch_size]
       n = len(chunk)
       chunk = chunk + [chunk[-1]] * (batch_size - n)  # one compiled shape

@@ -22,9 +22,15 @@ number of processes: every process writes its shards of the arrays (Orbax multi-
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
+import re
+import shutil
+import sys
+import time
 from typing import Any
 
 import jax
@@ -33,12 +39,69 @@ import orbax.checkpoint as ocp
 from etils import epath
 from ml_collections import ConfigDict
 
+from dlm import config as config_lib
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
 from dlm.train import batches as batches_lib
 from dlm.train.state import TrainState
 
 ARRAY_ITEMS = ("params", "ema", "opt_state", "meta")
+_CODES = re.compile(r"\b(DATA_LOSS|NOT_FOUND|INVALID_ARGUMENT|FAILED_PRECONDITION|OUT_OF_RANGE|"
+                    r"UNKNOWN|INTERNAL)\b[^\n]*")
+
+
+class DamagedCheckpoint(DlmError):
+  """One item of a saved step cannot be read (truncated or zeroed arrays, deleted metadata,
+  garbage JSON, a missing item): the step is unusable, older ones may not be."""
+
+  def __init__(self, directory: str, step: int, item: str, reason: str):
+    self.step, self.item, self.reason = step, item, reason
+    super().__init__(f"the checkpoint at step {step} in {directory} is damaged ({item}: "
+                     f"{reason})")
+
+
+_previous_unraisable_hook = None
+
+
+def _drop_orbax_leftovers() -> None:
+  """After a failed read or write, Orbax has left its other TensorStore reads or writes in
+  flight; as they finish they call back into an asyncio loop that is gone, or are collected
+  unawaited, and Python prints each as an "Exception ignored" traceback (dozens, some at
+  exit). The failure itself is reported as one DlmError, so those leftovers are dropped; every
+  other unraisable exception is printed as before. Installed once, with the first manager."""
+  global _previous_unraisable_hook
+  if _previous_unraisable_hook is not None:
+    return
+  _previous_unraisable_hook = sys.unraisablehook
+
+  def hook(unraisable):
+    exc, obj = unraisable.exc_value, unraisable.object
+    code = getattr(obj, "cr_code", None)
+    if ((isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed")
+        or (code is not None and "orbax" in code.co_filename)):
+      return
+    _previous_unraisable_hook(unraisable)
+
+  sys.unraisablehook = hook
+
+
+def _reason(e: BaseException, limit: int = 200) -> str:
+  """A short description of why reading failed: the most specific status line in the
+  exception or its causes (TensorStore's DATA_LOSS, NOT_FOUND, ...), else its first line."""
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for err in chain:
+    found = _CODES.search(str(err))
+    if found:
+      return found.group(0)[:limit]
+  first = chain[0]
+  if isinstance(first, KeyError) and "not found" in str(first):
+    return "missing"
+  lines = [line.strip() for line in str(first).splitlines() if line.strip()]
+  return f"{type(first).__name__}: {lines[0] if lines else ''}"[:limit]
 
 
 class DataHandler(ocp.CheckpointHandler):
@@ -79,8 +142,10 @@ class DataHandler(ocp.CheckpointHandler):
   def metadata(self, directory: epath.Path) -> batches_lib.SavedPosition | None:
     files = self._files(directory)
     counts = {n for _, n in files}
+    if not counts:
+      raise ValueError(f"no data position file in {directory}")
     if len(counts) != 1:
-      return None
+      raise ValueError(f"data position files of several stream counts {sorted(counts)}")
     record = json.loads(next(iter(files.values())).read_text())
     if "state" not in record:  # grain's per-process files: one stream per process
       n = counts.pop()
@@ -121,30 +186,101 @@ def _restore(abstract=None) -> ocp.args.PyTreeRestore:
       item=abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
 
 
+@contextlib.contextmanager
+def _absl_quiet():
+  """Orbax's notices (absl warnings) kept off the console of library users."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def checkpoint_dir(workdir: str) -> str:
+  if "://" in workdir:
+    raise DlmError(f"workdir {workdir!r} is not a local path: dlm writes workdirs on local or "
+                   "mounted file systems (mount a bucket with gcsfuse or similar)")
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+_OS_ERROR = re.compile(r"\[os_error_code='(\d+)'\]")
+
+
+def _write_reason(e: BaseException) -> str:
+  """Why a write failed: the operating system's words where there are some (no space left,
+  read-only file system, permission denied), else the most specific status line."""
+  seen = set()
+  err = e
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    if isinstance(err, OSError) and err.strerror:
+      return err.strerror
+    code = _OS_ERROR.search(str(err))  # TensorStore's wording of an OS error
+    if code:
+      return os.strerror(int(code.group(1)))
+    err = err.__cause__ or err.__context__
+  return _reason(e)
+
+
 class Checkpoints:
-  """Save and restore train state, data position, config and tokenizer by step."""
+  """Save and restore train state, data position, config and tokenizer by step.
+
+  Every read names what it could not read: a `DamagedCheckpoint` (a `DlmError`) with the step
+  and the item (`params`, `ema`, `opt_state`, `meta`, `data`, `config`, `tokenizer`), so that
+  callers can fall back to an older step. Write failures (a full disk, a read-only or vanished
+  directory) become a `DlmError` that names the path and the newest intact step."""
 
   def __init__(self, workdir: str, *, keep: int = 3, async_save: bool = True,
                read_only: bool = False):
+    self.workdir = workdir
     self.directory = checkpoint_dir(workdir)
     if read_only and not os.path.isdir(self.directory):
       raise DlmError(f"no checkpoint in {workdir!r} (no {self.directory})")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, enable_async_checkpointing=async_save, create=not read_only,
+        max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
+        enable_async_checkpointing=async_save and not read_only, create=not read_only,
         read_only=read_only)
     registry = _type_handlers()
     handlers = {name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
                 for name in ARRAY_ITEMS}
     handlers.update(config=ocp.JsonCheckpointHandler(), tokenizer=ocp.JsonCheckpointHandler(),
                     data=DataHandler())
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
+    self._saving = None  # the step of the last save started
+    _drop_orbax_leftovers()  # an asynchronous save can fail before anyone asks
+    try:
+      with _absl_quiet():  # Orbax warns on every read-only manager
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=handlers)
+    except OSError as e:
+      raise DlmError(f"cannot open the checkpoint directory {self.directory}: "
+                     f"{_write_reason(e)}") from None
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
+
+  def _read(self, step: int, item: str, fn):
+    try:
+      return fn()
+    except DamagedCheckpoint:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedCheckpoint(self.directory, step, item, _reason(e)) from e
+
+  def _write_error(self, step: int, e: BaseException) -> DlmError:
+    try:
+      self.manager.reload()
+      intact = [s for s in self.manager.all_steps() if s != step]
+    except Exception:  # pylint: disable=broad-except
+      intact = []
+    kept = (f"the checkpoint at step {max(intact)} is intact" if intact
+            else "no earlier checkpoint exists")
+    return DlmError(f"writing the checkpoint at step {step} to {self.directory} failed "
+                    f"({_write_reason(e)}); {kept}")
 
   def save(self, state: TrainState, data_iterator, config, tokenizer: Tokenizer) -> None:
     step = int(jax.device_get(state.step))
@@ -160,60 +296,96 @@ class Checkpoints:
       args["data"] = DataSave(
           states=data_iterator.stream_states(), streams=data_iterator.plan.streams,
           batches=data_iterator.batches, process_count=jax.process_count())
-    self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    self.wait()  # an earlier asynchronous save's failure is reported as that step's
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(step, e) from None
+    self._saving = step
 
   def restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
-    """Restores onto the shardings carried by `abstract_state` (any mesh)."""
-    args = dict(
-        params=_restore(abstract_state.params),
-        ema=_restore(abstract_state.ema),
-        opt_state=_restore(abstract_state.opt_state),
-        meta=_restore({"step": abstract_state.step, "rng": abstract_state.rng}),
-    )
+    """Restores onto the shardings carried by `abstract_state` (any mesh), item by item, so
+    that a damaged one is named."""
+    wanted = {"params": abstract_state.params, "ema": abstract_state.ema,
+              "opt_state": abstract_state.opt_state,
+              "meta": {"step": abstract_state.step, "rng": abstract_state.rng}}
+    out = {}
+    for name, abstract in wanted.items():
+      out[name] = self._read(step, name, lambda n=name, a=abstract: self.manager.restore(
+          step, args=ocp.args.Composite(**{n: _restore(a)}))[n])
     if data_iterator is not None:
-      args["data"] = DataRestore(data_iterator)
-    out = self.manager.restore(step, args=ocp.args.Composite(**args))
+      self._read(step, "data", lambda: self.manager.restore(
+          step, args=ocp.args.Composite(data=DataRestore(data_iterator))))
     return TrainState(step=out["meta"]["step"], params=out["params"],
                       opt_state=out["opt_state"], ema=out["ema"], rng=out["meta"]["rng"])
 
-  def data_position(self, step: int) -> batches_lib.SavedPosition | None:
+  def data_position(self, step: int) -> batches_lib.SavedPosition:
     """How the data order was saved at `step` (streams, processes, batches drawn)."""
-    try:
-      return self.manager.item_metadata(step)["data"]
-    except (KeyError, FileNotFoundError):
-      return None
+    return self._read(step, "data", lambda: self.manager.item_metadata(step)["data"])
 
   def restore_params(self, step: int, abstract_params, which: str = "ema"):
     """Only the parameters (`params` or `ema`), e.g. for sampling."""
-    out = self.manager.restore(
-        step, args=ocp.args.Composite(**{which: _restore(abstract_params)}))
-    return out[which]
+    return self._read(step, which, lambda: self.manager.restore(
+        step, args=ocp.args.Composite(**{which: _restore(abstract_params)}))[which])
 
   def param_shapes(self, step: int) -> dict:
     """Shapes of the saved parameters, read from metadata (no arrays loaded)."""
-    meta = self.manager.item_metadata(step)
-    tree = meta["params"] if "params" in meta else None
-    if tree is None:
-      out = self.manager.restore(step, args=ocp.args.Composite(params=_restore()))
-      tree = out["params"]
-    return jax.tree.map(lambda m: tuple(m.shape), tree, is_leaf=lambda x: hasattr(x, "shape"))
+
+    def read():
+      meta = self.manager.item_metadata(step)
+      tree = meta["params"] if "params" in meta else None
+      if tree is None:
+        tree = self.manager.restore(step, args=ocp.args.Composite(params=_restore()))["params"]
+      return jax.tree.map(lambda m: tuple(m.shape), tree, is_leaf=lambda x: hasattr(x, "shape"))
+
+    return self._read(step, "params", read)
 
   def read_config(self, step: int) -> ConfigDict:
-    out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return ConfigDict(out["config"])
+    """The run's config, on today's base config (keys added since take their defaults)."""
+
+    def read():
+      stored = self.manager.restore(
+          step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+      if not isinstance(stored, dict) or not isinstance(stored.get("model"), dict):
+        raise ValueError("not a dlm config")
+      return config_lib.from_stored(stored)
+
+    return self._read(step, "config", read)
 
   def read_tokenizer(self, step: int, config) -> Tokenizer:
     import tokenizers  # pylint: disable=g-import-not-at-top
 
-    out = self.manager.restore(step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))
-    hf = tokenizers.Tokenizer.from_str(json.dumps(out["tokenizer"]))
+    def read():
+      out = self.manager.restore(
+          step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))
+      return tokenizers.Tokenizer.from_str(json.dumps(out["tokenizer"]))
+
+    hf = self._read(step, "tokenizer", read)
     t = config.data.tokenizer
     overrides = {k: v for k, v in dict(t.special_tokens).items() if v}
     return Tokenizer(hf, t.num_reserved_pads, overrides)
 
+  def set_aside(self, step: int, kind: str) -> str:
+    """Moves step `step` out of the way, to `WORKDIR/<kind>_checkpoints/<step>` (kept for the
+    user to inspect or delete); returns where it went."""
+    target_dir = os.path.join(os.path.dirname(self.directory), f"{kind}_checkpoints")
+    os.makedirs(target_dir, exist_ok=True)
+    target = os.path.join(target_dir, str(step))
+    if os.path.exists(target):
+      target += f"-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.move(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+    return target
+
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Waits for an asynchronous save; its failure is a DlmError naming its step."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(self._saving, e) from None
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()

@@ -1,9 +1,12 @@
 """The one training loop, for every family: `train(config, workdir)`.
 
-Resumes from the latest checkpoint in `workdir` if there is one (train state, EMA, data
-position), evaluates every `train.eval_every` steps on the evaluation split with the raw and the
-EMA parameters, checkpoints every `train.checkpoint_every` steps, and on SIGTERM (preemption)
-writes a checkpoint and returns cleanly.
+Resumes from the newest intact checkpoint in `workdir` if there is one (train state, EMA,
+data position; damaged checkpoints are skipped and set aside), checkpoints every
+`train.checkpoint_every` steps, evaluates every `train.eval_every` steps on the evaluation split
+with the raw and the EMA parameters (after the checkpoint, so a failing evaluation loses
+nothing), skips non-finite steps (stopping after `train.max_nonfinite_steps` in a row), and on
+SIGTERM (preemption) or SIGINT (Ctrl-C) writes a checkpoint and returns cleanly. One training
+run per workdir at a time (`dlm/train/workdir.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import math
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -19,41 +23,91 @@ from flax import nnx
 
 from dlm import config as config_lib
 from dlm import models, sharding
-from dlm.data import inputs
-from dlm.errors import DlmError
+from dlm.data import inputs, sources
+from dlm.errors import DlmError, one_line
 from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
 from dlm.train import optimizer as optim
 from dlm.train import pretrained
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
+from dlm.train import workdir as workdir_lib
 from dlm.train.metrics import MetricWriter
 
 
-class _Preemption:
-  """Turns SIGTERM into a flag the loop checks after each step (single-process runs; with
-  jax.distributed, Orbax's preemption sync point does this across hosts)."""
+class _Interrupts:
+  """SIGTERM (preemption) and SIGINT (Ctrl-C) become a flag the loop checks after each step:
+  it writes a checkpoint and returns. A second Ctrl-C interrupts at once (the last checkpoint
+  stays). Single-process runs in the main thread; with jax.distributed, Orbax's preemption
+  sync point handles SIGTERM across hosts."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = None
+    self.requested = None  # the signal's name once one arrived
+    self._previous = {}
 
   def __enter__(self):
-    if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+    del frame
+    if signum == signal.SIGINT and self.requested:
+      raise KeyboardInterrupt
+    self.requested = signal.Signals(signum).name
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for sig, previous in self._previous.items():
+      signal.signal(sig, previous)
 
 
-def _check_compatible(ckpts, step, tokenizer, abstract_params, workdir) -> None:
-  saved_tok = ckpts.read_tokenizer(step, ckpts.read_config(step))
+class _NonFinite:
+  """Counts skipped (non-finite) steps without a device sync per step: a step's flag is read
+  when the next step is already queued (`push`), or at once by `flush`."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.pending = None
+    self.run = 0  # consecutive skipped steps so far
+    self.first = 0  # the first step of that run
+    self.since_log = 0
+
+  def push(self, step: int, flag) -> None:
+    self.flush()
+    self.pending = (step, flag)
+
+  def flush(self) -> None:
+    if self.pending is None:
+      return
+    step, flag = self.pending
+    self.pending = None
+    if int(jax.device_get(flag)):
+      self.since_log += 1
+      self.run += 1
+      self.first = self.first if self.run > 1 else step
+    else:
+      self.run = 0
+
+  @property
+  def exceeded(self) -> bool:
+    return self.run >= self.limit
+
+
+# Keys that describe the network; resuming with any of them changed is refused. The others
+# (dtype, remat, attention_impl, dropout, head_init_std) change how it runs or starts.
+ARCHITECTURE_KEYS = ("family", "width", "depth", "heads", "mlp_ratio", "time_conditioning",
+                     "cond_width", "attention", "block_size", "rope_theta", "tie_embeddings",
+                     "scan_layers", "lora_rank", "lora_alpha")
+
+
+def _check_compatible(ckpts, step, stored, config, tokenizer, abstract_params, workdir) -> None:
+  for key in ARCHITECTURE_KEYS:
+    saved, now = stored.model.get(key), config.model.get(key)
+    if saved != now:
+      raise DlmError(f"the checkpoint in {workdir!r} was trained with model.{key}={saved!r}, "
+                     f"not {now!r}; use the checkpoint's value or a new workdir")
+  saved_tok = ckpts.read_tokenizer(step, stored)
   if saved_tok.fingerprint != tokenizer.fingerprint:
     raise DlmError(
         f"the checkpoint in {workdir!r} was trained with another tokenizer "
@@ -77,17 +131,20 @@ def _check_compatible(ckpts, step, tokenizer, abstract_params, workdir) -> None:
 class Evaluator:
   """One pass over the evaluation split (batches cached after the first), fixed noise."""
 
-  def __init__(self, config, tokenizer, mesh, eval_fn):
+  def __init__(self, config, tokenizer, mesh, eval_fn, batches: int | None = None):
+    """`batches`: how many evaluation batches (0 = the whole split; None = train.eval_batches)."""
     self.config, self.tokenizer, self.mesh, self.eval_fn = config, tokenizer, mesh, eval_fn
+    self.limit = config.train.eval_batches if batches is None else batches
     self._batches = None
     self.unigram_bits = None
+    self.real_tokens = None  # the real (non-padding) tokens read, given ones included
 
   def _load(self):
     """Reads the split once. With several processes, each reads its documents; those with
     fewer batches add empty ones (segment id 0: no tokens) so that all run the same number of
     eval steps, and the unigram counts are summed over processes."""
     it = inputs.eval_iterator(self.config, self.tokenizer, self.mesh)
-    limit = self.config.train.eval_batches or math.inf
+    limit = self.limit or math.inf
     local_batches, counts = [], np.zeros(self.tokenizer.vocab_size, np.int64)
     try:
       while len(local_batches) < limit:
@@ -125,6 +182,7 @@ class Evaluator:
                       for k, v in local.items()} for local in local_batches]
     p = counts[counts > 0] / counts.sum()
     self.unigram_bits = float(-(p * np.log2(p)).sum())
+    self.real_tokens = int(counts.sum())
 
   def __call__(self, params) -> dict:
     if self._batches is None:
@@ -137,37 +195,153 @@ class Evaluator:
     return {k: float(v) for k, v in step_lib.summarize(jax.device_get(total)).items()}
 
 
-def train(config, workdir: str) -> dict:
-  """Trains (or resumes) to `train.steps`; returns the last evaluation's metrics."""
+def _say(message: str) -> None:
+  if jax.process_index() == 0:
+    print(message, file=sys.stderr)
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices(name)
+
+
+def _resume(ckpts, workdir, config, tokenizer, mesh, abstract_state, wanted: int | None):
+  """(state, train batches) restored from the newest intact checkpoint, or from step `wanted`
+  (whose newer checkpoints are then set aside); None for a new run. Damaged checkpoints are
+  skipped, said so and moved to `WORKDIR/damaged_checkpoints`; an incompatible one (another
+  model, tokenizer or data order) is an error."""
+  steps = ckpts.all_steps()
+  if wanted is not None and wanted not in steps:
+    raise DlmError(f"no checkpoint at step {wanted} in {workdir!r} (steps: {steps})")
+  if not steps:
+    return None
+  candidates = [wanted] if wanted is not None else steps[::-1]
+  damaged = []
+  for step in candidates:
+    try:
+      saved = ckpts.data_position(step)
+      stored = ckpts.read_config(step)
+      _check_compatible(ckpts, step, stored, config, tokenizer, abstract_state.params, workdir)
+      train_it = batches.train_batches(config, tokenizer, mesh, saved)
+      try:
+        state = ckpts.restore(step, abstract_state, train_it)
+      except BaseException:
+        train_it.close()
+        raise
+    except ckpt_lib.DamagedCheckpoint as e:
+      if wanted is not None:
+        raise
+      damaged.append(e)
+      continue
+    break
+  else:
+    raise DlmError(f"no intact checkpoint in {workdir!r}: " + "; ".join(
+        f"step {e.step} ({e.item}: {e.reason})" for e in damaged) + " (move them away to start "
+                   "over)")
+  newer = [s for s in steps if s > step] if wanted is not None else []
+  if jax.process_index() == 0:
+    for e in damaged:
+      where = ckpts.set_aside(e.step, "damaged")
+      _say(f"dlm: skipped the damaged checkpoint at step {e.step} ({e.item}: {e.reason}); "
+           f"moved to {where}")
+    for s in newer:
+      _say(f"dlm: resuming from step {step}: the checkpoint at step {s} moved to "
+           f"{ckpts.set_aside(s, 'superseded')}")
+  _sync("dlm-resume")
+  if jax.process_index() != 0 and (damaged or newer):
+    ckpts.manager.reload()
+  train_it.batches = int(jax.device_get(state.step))  # one batch per step
+  if jax.process_index() == 0:
+    print(batches.describe_resume(saved, train_it), file=sys.stderr)
+  return state, train_it
+
+
+def _check_eval_split(config) -> None:
+  """The evaluation split exists and holds documents: found now, not at the first evaluation
+  hundreds of steps later."""
+  d = config.data
+  if not d.eval_split:
+    raise DlmError("data.eval_split is empty: there is no split to evaluate on")
+  if d.source_feature:
+    inputs.open_pairs(d, d.eval_split)
+  else:
+    sources.open_split(d, d.eval_split)
+
+
+def train(config, workdir: str, step: int | None = None) -> dict:
+  """Trains (or resumes) to `train.steps`; returns the last evaluation's metrics.
+
+  Resumes from the newest intact checkpoint in `workdir` (damaged ones are set aside), or from
+  `step` (newer checkpoints are then set aside). The workdir must be writable and is locked
+  for the run's duration: a second run on it is refused."""
   config_lib.validate(config)
+  if step is not None and step > config.train.steps:
+    raise DlmError(f"--step={step} is past train.steps={config.train.steps}")
+  workdir_lib.prepare(workdir)
+  with workdir_lib.lock(workdir):
+    return _train(config, workdir, step)
+
+
+def _train(config, workdir: str, wanted: int | None) -> dict:
   t = config.train
   mesh = sharding.make_mesh(config.mesh.shape)
   rules = config.mesh.rules
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
-  latest = ckpts.latest_step()
+  _check_eval_split(config)
   tokenizer = pretrained.tokenizer(config) or inputs.load_tokenizer(config.data)
   model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
   abstract_model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(t.seed)))
   frozen = pretrained.frozen_mask(abstract_model, nnx.to_pure_dict(nnx.state(abstract_model)),
                                   t.freeze)
   tx, lr_schedule = optim.optimizer(t, frozen)
-  saved = ckpts.data_position(latest) if latest is not None else None
-  train_it = batches.train_batches(config, tokenizer, mesh, saved)
-  if latest is not None:
-    graphdef, abstract_state, shardings = state_lib.create_abstract(
-        model_fn, tx, mesh, rules, t.seed)
-    _check_compatible(ckpts, latest, tokenizer, abstract_state.params, workdir)
-    state = ckpts.restore(latest, state_lib.abstract(abstract_state, shardings), train_it)
-    train_it.batches = int(jax.device_get(state.step))  # one batch per step
-    if saved is not None and jax.process_index() == 0:
-      print(batches.describe_resume(saved, train_it), file=sys.stderr)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
+  graphdef, abstract_state, shardings = state_lib.create_abstract(
+      model_fn, tx, mesh, rules, t.seed)
+  resumed = _resume(ckpts, workdir, config, tokenizer, mesh,
+                    state_lib.abstract(abstract_state, shardings), wanted)
+  if resumed is not None:
+    state, train_it = resumed
   else:
+    train_it = batches.train_batches(config, tokenizer, mesh, None)
     graphdef, state, shardings = state_lib.create(model_fn, tx, mesh, rules, t.seed)
     loaded = pretrained.values(abstract_model, config, tokenizer)
     state = state.replace(params=pretrained.fill(state.params, loaded, shardings.params),
                           ema=pretrained.fill(state.ema, loaded, shardings.ema))
   start = int(jax.device_get(state.step))
-  writer = MetricWriter(workdir, resume_step=start)
+  closers = [ckpts.close, train_it.close]
+  try:
+    if start > t.steps:
+      raise DlmError(f"the checkpoint in {workdir!r} is at step {start}, past train.steps="
+                     f"{t.steps}: raise train.steps to continue, or resume from an earlier "
+                     "checkpoint with --step")
+    writer = MetricWriter(workdir, resume_step=start)
+    closers.insert(0, writer.close)
+    return _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings, frozen,
+                state, train_it, ckpts, writer, start)
+  except BaseException as e:
+    _close(closers, failing=e)
+    raise
+  finally:
+    _close(closers, failing=None)
+
+
+def _close(closers: list, failing: BaseException | None) -> None:
+  """Runs each closer once; while an error is already on its way out, a second one (e.g. the
+  same full disk, again) does not replace it."""
+  while closers:
+    fn = closers.pop(0)
+    try:
+      fn()
+    except Exception:  # pylint: disable=broad-except
+      if failing is None:
+        _close(closers, failing=None)
+        raise
+
+
+def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings, frozen, state,
+         train_it, ckpts, writer, start) -> dict:
+  t = config.train
   step_fn = step_lib.make_train_step(graphdef, tx, lr_schedule, t, shardings, train_it.sharding,
                                      frozen)
   evaluator = Evaluator(config, tokenizer, mesh,
@@ -181,97 +355,151 @@ def train(config, workdir: str) -> dict:
           f"{dict(mesh.shape)}, {'resuming at step ' + str(start) if start else 'from scratch'}",
           file=sys.stderr)
   progress = None
-  if t.progress and jax.process_index() == 0:
+  if t.progress and jax.process_index() == 0 and start < t.steps:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
     progress = tqdm(total=t.steps, initial=start, file=sys.stderr, dynamic_ncols=True,
                     mininterval=1.0)
   last_eval: dict = {}
+  saved_at = start if start else None  # the step of the newest checkpoint
 
-  def evaluate(step):
-    raw = evaluator(state.params)
-    ema = evaluator(state.ema)
+  def save():
+    nonlocal saved_at
+    if saved_at != step:
+      ckpts.save(state, train_it, config, tokenizer)
+      saved_at = step
+
+  def evaluate():
+    try:
+      raw = evaluator(state.params)
+      ema = evaluator(state.ema)
+    except Exception as e:  # pylint: disable=broad-except  (never lose the training)
+      save()
+      ckpts.wait()
+      what = str(e) if isinstance(e, DlmError) else one_line(e)
+      raise DlmError(f"evaluation at step {step} failed ({what}); the checkpoint at step "
+                     f"{step} is saved") from e
     out = {f"eval/{k}": v for k, v in raw.items() if k != "tokens"}
     out.update({f"eval/ema_{k}": v for k, v in ema.items() if k != "tokens"})
-    out["eval/tokens"] = raw["tokens"]
+    out["eval/tokens"] = raw["tokens"]  # scored; of eval/real_tokens (see dlm.evaluate)
+    out["eval/real_tokens"] = evaluator.real_tokens
     out["eval/unigram_bits_per_token"] = evaluator.unigram_bits
     writer.write(step, out)
     return out
 
   step = start
+  nonfinite = _NonFinite(t.max_nonfinite_steps)
   tokens_since, time_since = 0, time.perf_counter()
   try:
-    with jax.set_mesh(mesh), _Preemption() as preemption:
+    with jax.set_mesh(mesh), _Interrupts() as interrupts:
       while step < t.steps:
         batch = next(train_it)
         state, metrics = step_fn(state, batch)
         step += 1
+        nonfinite.push(step, metrics.pop("skipped"))
         if progress is not None:
           progress.update(1)
         tokens_since += config.train.batch_size * config.data.seq_len
+        if nonfinite.exceeded:
+          nonfinite.flush()  # this step too: it may have ended the run of bad ones
+        if nonfinite.exceeded:
+          save()
+          ckpts.wait()
+          raise DlmError(
+              f"{nonfinite.run} consecutive training steps ({nonfinite.first}-{step}) had a "
+              f"non-finite loss, gradient or update and were skipped, so the parameters are "
+              f"still those of step {nonfinite.first - 1} (checkpoint written at step {step}): "
+              "lower train.lr, set train.grad_clip, or resume an earlier checkpoint with --step")
         if step % t.log_every == 0 or step == t.steps:
+          nonfinite.flush()
           metrics = jax.device_get(metrics)
           elapsed = time.perf_counter() - time_since
           out = {f"train/{k}": v for k, v in metrics.items()}
           out["train/tokens_per_s"] = tokens_since / elapsed
+          out["train/skipped_steps"] = nonfinite.since_log
+          nonfinite.since_log = 0
           writer.write(step, out)
           if progress is not None:
             progress.set_postfix(loss=f"{float(metrics['loss']):.3f}",
                                  tok_s=f"{tokens_since / elapsed:.0f}")
           tokens_since, time_since = 0, time.perf_counter()
-        if step % t.eval_every == 0 or step == t.steps:
-          last_eval = evaluate(step)
-          time_since = time.perf_counter()
-        preempted = preemption.requested or ckpts.manager.reached_preemption(step)
-        if step % t.checkpoint_every == 0 or step == t.steps or preempted:
-          ckpts.save(state, train_it, config, tokenizer)
-        if preempted:
-          print(f"dlm: preempted at step {step}; checkpoint written", file=sys.stderr)
+        interrupted = interrupts.requested or (
+            "SIGTERM" if ckpts.manager.reached_preemption(step) else None)
+        if step % t.checkpoint_every == 0 or step == t.steps or interrupted:
+          save()
+        if interrupted:
+          what = "preempted" if interrupted == "SIGTERM" else f"interrupted ({interrupted})"
+          print(f"dlm: {what} at step {step}; checkpoint written", file=sys.stderr)
           break
+        if step % t.eval_every == 0 or step == t.steps:
+          last_eval = evaluate()
+          time_since = time.perf_counter()
   finally:
-    ckpts.close()
-    writer.close()
-    train_it.close()
     if progress is not None:
       progress.close()
-  if not last_eval and step >= t.steps:
-    with jax.set_mesh(mesh):
-      last_eval = evaluate(step)
+  if not last_eval and step >= t.steps:  # a finished run, run again: its logged evaluation
+    last_eval = writer.find(step, "eval/")
+    if last_eval is None:
+      with jax.set_mesh(mesh):
+        last_eval = evaluate()
   return {"step": step, **last_eval}
 
 
 def read_config(workdir: str, step: int | None = None):
-  """The config stored with a workdir's checkpoint (the latest unless `step`)."""
+  """The config stored with a workdir's checkpoint (the latest readable one unless `step`)."""
   ckpts = ckpt_lib.Checkpoints(workdir, read_only=True, async_save=False)
-  steps = ckpts.manager.all_steps()
-  if not steps:
-    raise DlmError(f"no checkpoint in {workdir!r}")
-  config = ckpts.read_config(max(steps) if step is None else step)
-  ckpts.close()
-  return config
+  try:
+    steps = ckpts.all_steps()
+    if not steps:
+      raise DlmError(f"no checkpoint in {workdir!r}")
+    if step is not None:
+      return ckpts.read_config(step)
+    for s in steps[::-1]:
+      try:
+        return ckpts.read_config(s)
+      except ckpt_lib.DamagedCheckpoint:
+        if s == steps[0]:
+          raise
+  finally:
+    ckpts.close()
 
 
 def restore_for_sampling(workdir: str, which: str = "ema", step: int | None = None, mesh=None):
-  """(config, tokenizer, model, step) from a workdir's checkpoint (the latest unless `step`):
-  nothing else is needed. The parameters are placed on `mesh` (default: all devices)."""
+  """(config, tokenizer, model, step) from a workdir's checkpoint (the newest readable one
+  unless `step`): nothing else is needed. The parameters are placed on `mesh` (default: all
+  devices). A damaged newest checkpoint is skipped with a note on stderr; a damaged `step` is
+  an error naming the broken item."""
   if which not in ("ema", "params"):
     raise DlmError(f"which parameters: 'ema' or 'params', got {which!r}")
   ckpts = ckpt_lib.Checkpoints(workdir, read_only=True, async_save=False)
-  steps = ckpts.manager.all_steps()
-  if not steps:
-    raise DlmError(f"no checkpoint in {workdir!r}")
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
-    raise DlmError(f"no checkpoint at step {step} in {workdir!r} (steps: {sorted(steps)})")
-  config = ckpts.read_config(step)
-  tokenizer = ckpts.read_tokenizer(step, config)
-  mesh = mesh or sharding.make_mesh((-1, 1, 1))
-  model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
-  tx, _ = optim.optimizer(config.train)
-  graphdef, abstract_state, shardings = state_lib.create_abstract(
-      model_fn, tx, mesh, config.mesh.rules, config.train.seed)
-  params = ckpts.restore_params(
-      step, state_lib.abstract(abstract_state.params, shardings.params), which)
-  ckpts.close()
-  return config, tokenizer, nnx.merge(graphdef, params), step
+  try:
+    steps = ckpts.all_steps()
+    if not steps:
+      raise DlmError(f"no checkpoint in {workdir!r}")
+    if step is not None and step not in steps:
+      raise DlmError(f"no checkpoint at step {step} in {workdir!r} (steps: {steps})")
+    mesh = mesh or sharding.make_mesh((-1, 1, 1))
+    damaged = []
+    for s in ([step] if step is not None else steps[::-1]):
+      try:
+        config = ckpts.read_config(s)
+        tokenizer = ckpts.read_tokenizer(s, config)
+        model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
+        tx, _ = optim.optimizer(config.train)
+        graphdef, abstract_state, shardings = state_lib.create_abstract(
+            model_fn, tx, mesh, config.mesh.rules, config.train.seed)
+        params = ckpts.restore_params(
+            s, state_lib.abstract(abstract_state.params, shardings.params), which)
+      except ckpt_lib.DamagedCheckpoint as e:
+        if step is not None:
+          raise
+        damaged.append(e)
+        continue
+      for e in damaged:
+        _say(f"dlm: skipped the damaged checkpoint at step {e.step} ({e.item}: {e.reason}); "
+             f"using step {s}")
+      return config, tokenizer, nnx.merge(graphdef, params), s
+    raise DlmError(f"no intact checkpoint in {workdir!r}: " + "; ".join(
+        f"step {e.step} ({e.item}: {e.reason})" for e in damaged))
+  finally:
+    ckpts.close()

@@ -9,6 +9,8 @@ import os
 
 import jax
 
+from dlm.errors import DlmError
+
 
 class MetricWriter:
 
@@ -18,21 +20,44 @@ class MetricWriter:
     self._tb = None
     if not self.enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(self.path):
-      self._truncate(resume_step or 0)
+    with self._writing():
+      os.makedirs(workdir, exist_ok=True)
+      if os.path.exists(self.path):
+        self._truncate(resume_step or 0)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+  def _writing(self):
+    return _OsErrors(f"cannot write {self.path}")
+
+  def _lines(self) -> list[dict]:
+    """The logged lines; one cut short by a crash mid-write is dropped."""
+    out = []
+    with open(self.path) as f:
+      for line in f:
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+    return out
+
   def _truncate(self, step: int) -> None:
     """A resumed run drops what the interrupted one logged after its last checkpoint."""
-    with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [line for line in self._lines() if line.get("step", 0) <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
-      f.writelines(kept)
+      f.writelines(json.dumps(line) + "\n" for line in kept)
     os.replace(tmp, self.path)
+
+  def find(self, step: int, prefix: str) -> dict | None:
+    """The metrics logged at `step` whose names start with `prefix` (None if none were)."""
+    if not os.path.exists(self.path):  # every process reads it (a shared workdir)
+      return None
+    for line in reversed(self._lines()):
+      if line.get("step") == step and any(k.startswith(prefix) for k in line):
+        return {k: v for k, v in line.items() if k.startswith(prefix)}
+    return None
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
@@ -40,12 +65,29 @@ class MetricWriter:
     clean = {k: (float(v) if not isinstance(v, (int, str)) else v) for k, v in metrics.items()}
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
              for k, v in clean.items()}
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"step": int(step), **clean}) + "\n")
+    with self._writing():
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": int(step), **clean}) + "\n")
     for k, v in clean.items():
       if isinstance(v, (int, float)):
         self._tb.add_scalar(k, v, int(step))
 
   def close(self) -> None:
     if self._tb is not None:
-      self._tb.close()
+      with self._writing():
+        self._tb.close()
+
+
+class _OsErrors:
+  """An OSError inside (no space left, read-only file system) as one DlmError line."""
+
+  def __init__(self, what: str):
+    self.what = what
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, value, tb):
+    if kind is not None and issubclass(kind, OSError):
+      raise DlmError(f"{self.what}: {value.strerror or value}") from None
+    return False

@@ -7,7 +7,9 @@ Corrupting the whole batch first makes gradient accumulation exact: the micro-ba
 same noise as one big batch would, so `train.grad_accum` changes memory, not the update.
 
 The step is one `jax.jit` with `NamedSharding`s in and out and the state donated; its input
-and output shardings match, so it compiles once.
+and output shardings match, so it compiles once. A step whose loss, gradient or update is not
+finite changes nothing but the step counter and reports `skipped = 1` (maxtext and
+levanter skip such steps the same way): one bad batch cannot poison every parameter.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ def _split_micro(x, accum: int):
   """(B, ...) -> (accum, B / accum, ...), micro-batch j = rows j, accum + j, ... so that each
   device keeps its rows (the batch is sharded in contiguous blocks)."""
   return x.reshape((x.shape[0] // accum, accum) + x.shape[1:]).swapaxes(0, 1)
+
+
+def _all_finite(tree) -> jax.Array:
+  """Every element finite (leaf by leaf: a norm of huge but finite values would overflow)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def summarize(metrics: dict) -> dict:
@@ -90,15 +97,22 @@ def make_train_step(graphdef, tx, lr_schedule, train_cfg, shardings: TrainState,
     grads = jax.tree.map(lambda g: g / norm, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    step = state.step + 1
     decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
     ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema, params)
     if frozen is not None:  # a frozen parameter's average is itself, bit for bit
       ema = jax.tree.map(lambda e, p, f: p if f else e, ema, params, frozen)
     out = summarize(metrics)
-    out.update(grad_norm=optax.tree.norm(grads), lr=lr_schedule(state.step),
-               masked_fraction=metrics.get("masked", 0) / tokens)
-    return TrainState(step=step, params=params, opt_state=opt_state, ema=ema,
+    grad_norm = optax.tree.norm(grads)
+    # A non-finite loss, gradient or update is skipped: the state stays as it was (the step
+    # counter still advances with the data), and the loop counts it (train.max_nonfinite_steps).
+    finite = jnp.isfinite(out["loss"]) & _all_finite(grads) & _all_finite(updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    params, opt_state, ema = (keep(params, state.params), keep(opt_state, state.opt_state),
+                              keep(ema, state.ema))
+    out.update(grad_norm=grad_norm, lr=lr_schedule(state.step),
+               masked_fraction=metrics.get("masked", 0) / tokens,
+               skipped=(~finite).astype(jnp.int32))
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema,
                       rng=state.rng), out
 
   return jax.jit(train_step, in_shardings=(shardings, batch_sharding),

@@ -1,0 +1,400 @@
+"""Hostile input and faults through the real entry points (`train.py`, `sample.py`,
+`python -m dlm.data`, `python -m dlm.evaluate`) in subprocesses: every case ends in exit status
+2 with one `error:` line and no traceback, or in the correct behaviour, and nothing is lost.
+
+Checkpoint faults (damaged items of several steps, a full disk) resume from the newest intact
+step with the losses of an uninterrupted run. The read-only and full-disk cases mount their
+own file systems in a user and mount namespace (`unshare -rm`)."""
+
+import concurrent.futures
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import metrics_log  # noqa: E402  (tests/)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "model.cond_width": 16,
+        "data.seq_len": 32, "train.batch_size": 8, "train.warmup_steps": 2, "train.lr": 1e-3,
+        "train.progress": False, "train.log_every": 1, "train.eval_batches": 1,
+        "train.async_checkpoint": False, "train.keep_checkpoints": 20}
+STEPS = 10
+
+
+def _env(**extra):
+  return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1",
+          **extra}
+
+
+def _run(args, timeout=600, **kw):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, env=_env(), capture_output=True,
+                        text=True, timeout=timeout, **kw)
+
+
+def _train_args(workdir, data_dir, *extra, steps=STEPS, checkpoint_every=1):
+  settings = {**TINY, "train.steps": steps, "train.eval_every": steps,
+              "train.checkpoint_every": checkpoint_every}
+  return ["train.py", "--config=configs/quickstart.py", f"--workdir={workdir}",
+          f"--config.data.data_dir={data_dir}",
+          *[f"--config.{k}={v}" for k, v in settings.items()], *extra]
+
+
+def _assert_one_error(proc, message):
+  """Exit 2, exactly one `error:` line (the last), containing `message`, and no traceback."""
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  errors = [line for line in lines if line.startswith("error:")]
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-3000:]
+  assert message in errors[0], errors[0]
+  assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr[-3000:]
+
+
+def _copy_run(src, dst):
+  shutil.copytree(src, dst, ignore=shutil.ignore_patterns("train.lock"))
+  return dst
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """An uninterrupted 10-step run with a checkpoint at every step: the losses to match."""
+  path = tmp_path_factory.mktemp("hostile") / "reference"
+  proc = _run(_train_args(path, data_dir))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  losses = metrics_log.losses(path)
+  assert sorted(losses) == list(range(1, STEPS + 1))
+  return path, losses, proc
+
+
+# Configuration: refused before any work ----------------------------------------------------
+
+
+CONFIG_FILES = {
+    "syntax.py": "def get_config(:\n  pass\n",
+    "noget.py": "X = 1\n",
+    "raises.py": "def get_config():\n  raise ValueError('boom in the config')\n",
+    "notconfig.py": "def get_config():\n  return 5\n",
+    "variant.py": ("from dlm.config import base_config\n"
+                   "def get_config(arg):\n"
+                   "  if arg not in ('a', 'b'):\n"
+                   "    raise ValueError(f'unknown variant {arg!r}: choose a or b')\n"
+                   "  return base_config()\n"),
+}
+
+
+def test_bad_configs_are_refused_before_any_work(tmp_path):
+  for name, text in CONFIG_FILES.items():
+    (tmp_path / name).write_text(text)
+  work = tmp_path / "work"
+  quick = ["--config=configs/quickstart.py", f"--workdir={work}"]
+  cases = [
+      (quick + ["--config.mesh.shape=foo"], "mesh.shape must be three integers"),
+      (quick + ["--config.mesh.shape=(1,x)"], "mesh.shape must be three integers"),
+      (quick + ["--config.model.width=0"], "model.width must be a positive integer"),
+      (quick + ["--config.model.heads=-2"], "model.heads must be a positive integer"),
+      (quick + ["--config.model.depth=0"], "model.depth must be a positive integer"),
+      (quick + ["--config.train.lr=-0.001"], "train.lr must be a positive number"),
+      (quick + ["--config.train.eval_batches=-1"], "train.eval_batches must be a non-negative"),
+      (quick + ["--config.train.keep_checkpoints=0"], "train.keep_checkpoints must be a "
+                                                      "positive integer"),
+      (quick + ["--config.ccdd.gamma=4.0"], "ccdd.gamma must be in (0, 2]"),
+      (quick + ["--config.train.stepz=3"],
+       "unknown config key 'train.stepz' (from --config.train.stepz=3); did you mean "
+       "'train.steps'?"),
+      (quick + ["--config.trian.steps=3"], "did you mean 'train.steps'?"),
+      ([f"--config={tmp_path / 'syntax.py'}", f"--workdir={work}"], "syntax error at line 1"),
+      ([f"--config={tmp_path / 'noget.py'}", f"--workdir={work}"], "has no get_config()"),
+      ([f"--config={tmp_path / 'raises.py'}", f"--workdir={work}"],
+       "get_config() failed: ValueError: boom in the config"),
+      ([f"--config={tmp_path / 'notconfig.py'}", f"--workdir={work}"],
+       "get_config() returned int, not an ml_collections ConfigDict"),
+      ([f"--config={tmp_path / 'variant.py'}:zzz", f"--workdir={work}"],
+       "get_config('zzz') failed: ValueError: unknown variant 'zzz': choose a or b"),
+      ([f"--config={tmp_path / 'missing.py'}", f"--workdir={work}"], "does not exist"),
+      (["--config=configs/quickstart.py", "--workdir=gs://bucket/run"], "is not a local path"),
+      (quick + [f"--config.data.tokenizer.path={tmp_path}"],
+       "is a directory without a tokenizer.json"),
+  ]
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    procs = list(pool.map(lambda case: _run(["train.py", *case[0]]), cases))
+  for (args, message), proc in zip(cases, procs):
+    _assert_one_error(proc, message)
+  assert not (work / "checkpoints").exists()
+
+
+def test_help_lists_the_config_flag():
+  for args in (["train.py", "--help"], ["-m", "dlm.data", "--help"]):
+    proc = _run(args)  # absl's --help exits with status 1
+    assert proc.returncode in (0, 1) and "--config:" in proc.stdout, proc.stdout
+
+
+# Data: found at start, named, bounded -----------------------------------------------------
+
+
+def test_bad_data_is_refused_before_training(data_dir, tmp_path):
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty/a.txt").write_text("")
+  (tmp_path / "empty/b.txt").write_text("   \n")
+  (tmp_path / "utf").mkdir()
+  (tmp_path / "utf/a.txt").write_text("fine text here\n")
+  (tmp_path / "utf/b.txt").write_bytes(b"good line\nbad \xff\xfe line\n")
+  (tmp_path / "one").mkdir()
+  (tmp_path / "one/a.txt").write_text("a single document cannot fill two splits\n")
+  data = tmp_path / "prepared"
+  cases = [
+      (f"text:{tmp_path}/empty/*.txt", [], "empty dataset: the files matching"),
+      (f"text:{tmp_path}/utf/*.txt", ["--config.data.document_per=line"],
+       f"{tmp_path}/utf/b.txt: not valid UTF-8 (line 2, byte 14"),
+      (f"text:{tmp_path}/one/*.txt", [], "has no 'validation' documents: the hash split"),
+  ]
+  for i, (dataset, extra, message) in enumerate(cases):
+    work = tmp_path / f"work{i}"
+    proc = _run(["train.py", "--config=configs/quickstart.py", f"--workdir={work}",
+                 f"--config.data.dataset={dataset}", f"--config.data.data_dir={data}",
+                 "--config.data.tokenizer.vocab_size=300", *extra])
+    _assert_one_error(proc, message)
+    assert not (work / "checkpoints").exists() and not (work / "metrics.jsonl").exists()
+  proc = _run(["-m", "dlm.data", "--config=configs/quickstart.py",
+               "--config.data.dataset=tfds:huggingface:no_such_dataset",
+               f"--config.data.data_dir={data}"], timeout=300)
+  _assert_one_error(proc, "cannot open dataset 'tfds:huggingface:no_such_dataset'")
+
+
+# Checkpoint faults: resume from the newest intact step with the same losses ----------------
+
+
+def _biggest_file(directory: pathlib.Path) -> pathlib.Path:
+  return max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+
+
+def _zero(path: pathlib.Path) -> None:
+  path.write_bytes(b"\0" * path.stat().st_size)
+
+
+def _truncate(path: pathlib.Path) -> None:
+  with open(path, "r+b") as f:
+    f.truncate(path.stat().st_size // 3)
+
+
+# step -> (how it is damaged, the item named)
+DAMAGE = {
+    10: (lambda s: _truncate(_biggest_file(s / "params")), "params"),
+    9: (lambda s: _zero(_biggest_file(s / "params")), "params"),
+    8: (lambda s: (s / "params/_METADATA").unlink(), "params"),
+    7: (lambda s: _truncate(_biggest_file(s / "ema")), "ema"),
+    6: (lambda s: shutil.rmtree(s / "tokenizer"), "tokenizer"),
+    5: (lambda s: (s / "config/metadata").write_text("{garbage"), "config"),
+    4: (lambda s: (s / "data/stream_0-of-1.json").write_text(""), "data"),
+    3: (lambda s: shutil.rmtree(s / "params"), "params"),
+}
+
+
+def test_damaged_checkpoints_are_skipped_and_training_continues(reference, data_dir, tmp_path):
+  ref_dir, ref_losses, _ = reference
+  run = _copy_run(ref_dir, tmp_path / "damaged")
+  for step, (damage, _) in DAMAGE.items():
+    damage(run / "checkpoints" / str(step))
+  proc = _run(_train_args(run, data_dir))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  for step, (_, item) in DAMAGE.items():
+    assert f"skipped the damaged checkpoint at step {step} ({item}:" in proc.stderr, proc.stderr
+    assert (run / "damaged_checkpoints" / str(step)).is_dir()
+  assert "resuming at step 2" in proc.stderr
+  losses = metrics_log.losses(run)
+  np.testing.assert_allclose([losses[s] for s in range(1, STEPS + 1)],
+                             [ref_losses[s] for s in range(1, STEPS + 1)], rtol=1e-6)
+
+
+def test_sampling_falls_back_past_a_damaged_checkpoint(reference, tmp_path):
+  ref_dir, _, _ = reference
+  run = _copy_run(ref_dir, tmp_path / "sample_damaged")
+  _truncate(_biggest_file(run / "checkpoints/10/ema"))
+  out = _run(["sample.py", f"--workdir={run}", "--num_samples=2", "--steps=4"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "skipped the damaged checkpoint at step 10 (ema:" in out.stderr
+  assert "using step 9" in out.stderr and out.stdout.count("--- sample ") == 2
+  _assert_one_error(_run(["sample.py", f"--workdir={run}", "--step=10", "--steps=4"]),
+                    f"the checkpoint at step 10 in {run}/checkpoints is damaged (ema: ")
+
+
+def test_resuming_an_earlier_step_and_refusing_mismatches(reference, data_dir, tmp_path):
+  ref_dir, ref_losses, ref_proc = reference
+  run = _copy_run(ref_dir, tmp_path / "rewind")
+  lines = (run / "metrics.jsonl").read_text()
+  # A finished run, run again: the same result, nothing appended.
+  again = _run(_train_args(run, data_dir))
+  assert again.returncode == 0 and again.stdout == ref_proc.stdout, again.stderr[-3000:]
+  assert (run / "metrics.jsonl").read_text() == lines
+  cases = [
+      (_train_args(run, data_dir, steps=6), "is at step 10, past train.steps=6"),
+      (_train_args(run, data_dir, "--config.model.family=autoregressive"),
+       "was trained with model.family='masked', not 'autoregressive'"),
+      (_train_args(run, data_dir, "--config.model.depth=3"),
+       "was trained with model.depth=2, not 3"),
+      (_train_args(run, data_dir, "--step=11", steps=12), "no checkpoint at step 11"),
+  ]
+  for args, message in cases:  # one at a time: each takes the workdir's lock
+    _assert_one_error(_run(args), message)
+  # --step: resume from step 6; the newer checkpoints are set aside, the losses are the same.
+  proc = _run(_train_args(run, data_dir, "--step=6"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert sorted(int(p.name) for p in (run / "superseded_checkpoints").iterdir()) == [7, 8, 9, 10]
+  losses = metrics_log.losses(run)
+  assert [losses[s] for s in range(1, STEPS + 1)] == pytest.approx(
+      [ref_losses[s] for s in range(1, STEPS + 1)], rel=1e-6)
+
+
+# Signals, a second process, non-finite steps, a failing evaluation ------------------------
+
+
+_wait_for = metrics_log.wait_for
+
+
+def test_ctrl_c_checkpoints_and_a_second_run_is_refused(data_dir, tmp_path):
+  run = tmp_path / "interrupted"
+  proc = subprocess.Popen(
+      [sys.executable, *_train_args(run, data_dir, steps=5000, checkpoint_every=10000)],
+      cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  _wait_for(run / "metrics.jsonl", proc)
+  second = _run(_train_args(run, data_dir, steps=5000))
+  _assert_one_error(second, "is in use by another training run (pid ")
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=300)
+  assert proc.returncode == 0, err[-3000:]
+  assert "interrupted (SIGINT) at step" in err and "Traceback" not in err
+  step = int(err.split("interrupted (SIGINT) at step ")[1].split(";")[0])
+  assert (run / "checkpoints" / str(step) / "commit_success.txt").exists()
+  assert max(metrics_log.losses(run)) == step
+
+
+def test_non_finite_steps_are_skipped_then_stop_with_a_checkpoint(data_dir, tmp_path):
+  run = tmp_path / "exploding"
+  # 1e30 is a valid learning rate that overflows the parameters after the warm-up's first step.
+  proc = _run(_train_args(run, data_dir, "--config.train.lr=1e30",
+                          "--config.train.max_nonfinite_steps=3", checkpoint_every=100))
+  _assert_one_error(proc, "consecutive training steps")
+  assert "had a non-finite loss, gradient or update and were skipped" in proc.stderr
+  logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+  assert any(line["train/skipped_steps"] == 1 for line in logged)
+  last = max(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+  sampled = _run(["sample.py", f"--workdir={run}", "--params=params", "--num_samples=1",
+                  "--steps=2", "--temperature=0"])
+  assert sampled.returncode == 0 and last >= 5, sampled.stderr[-3000:]
+
+
+def test_a_failing_evaluation_keeps_the_training(data_dir, tmp_path):
+  run = tmp_path / "eval_fails"
+  script = tmp_path / "fail_eval.py"
+  script.write_text(
+      "import runpy, sys\n"
+      "from dlm.train import loop\n"
+      "def boom(self, params):\n"
+      "  raise RuntimeError('evaluation blew up')\n"
+      "loop.Evaluator.__call__ = boom\n"
+      f"sys.argv = ['train.py'] + sys.argv[1:]\n"
+      f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
+  args = _train_args(run, data_dir, "--config.train.eval_every=3", checkpoint_every=100)[1:]
+  proc = _run([str(script), *args])
+  _assert_one_error(proc, "evaluation at step 3 failed (RuntimeError: evaluation blew up); the "
+                          "checkpoint at step 3 is saved")
+  assert (run / "checkpoints/3/commit_success.txt").exists()
+
+
+# Disks: read-only and full -----------------------------------------------------------------
+
+
+def _in_namespace(script: str) -> subprocess.CompletedProcess:
+  """Runs a shell script as root of a new user and mount namespace (its own mounts)."""
+  return subprocess.run(["unshare", "-rm", "bash", "-c", script], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=600)
+
+
+def _shell(args) -> str:
+  return " ".join(f"'{a}'" for a in [sys.executable, *args])
+
+
+def test_read_only_and_full_disks(reference, data_dir, tmp_path):
+  ref_dir, ref_losses, _ = reference
+  run = _copy_run(ref_dir, tmp_path / "read_only")
+  proc = _in_namespace(
+      f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && "
+      f"{_shell(_train_args(run, data_dir, steps=12))}")
+  _assert_one_error(proc, f"workdir '{run}' is not writable (Read-only file system)")
+  sampled = _in_namespace(f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && "
+                          f"{_shell(['sample.py', f'--workdir={run}', '--steps=2'])}")
+  assert sampled.returncode == 0 and "WARNING" not in sampled.stderr, sampled.stderr[-3000:]
+
+  # A disk that holds the step-2 checkpoint but not the step-4 one: one line naming the path,
+  # step 2 intact; with room again, the run resumes from it with the reference's losses.
+  size_kb = sum(p.stat().st_size for p in (ref_dir / "checkpoints/2").rglob("*")
+                if p.is_file()) * 3 // 2 // 1024 + 200
+  disk = tmp_path / "disk"
+  disk.mkdir()
+  work = disk / "run"
+  args = _train_args(work, data_dir, checkpoint_every=2)
+  proc = _in_namespace(
+      f"mount -t tmpfs -o size={size_kb}k tmpfs {disk} && {_shell(args)}; echo rc=$? >&2; "
+      f"mount -o remount,size=64m {disk} && {_shell(args)}")
+  first, second = proc.stderr.split("rc=")
+  assert "rc=2" in "rc=" + second[:2], proc.stderr[-3000:]
+  errors = [line for line in first.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in first, first[-3000:]
+  assert errors[0].startswith(f"error: writing the checkpoint at step 4 to {work}/checkpoints "
+                              "failed (No space left on device); the checkpoint at step 2 is "
+                              "intact"), errors[0]
+  assert "resuming at step 2" in second and proc.returncode == 0, second[-3000:]
+  out = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+  assert json.loads(out[-1])["step"] == STEPS
+
+
+# Sampling and evaluation input ---------------------------------------------------------------
+
+
+def test_bad_sampling_input_and_literal_special_tokens(reference, tmp_path):
+  ref_dir, _, _ = reference
+  base = ["sample.py", f"--workdir={ref_dir}", "--steps=2"]
+  cases = [
+      (["--num_samples=0"], "--num_samples must be positive"),
+      (["--length=-3"], "--length must be >= 0"),
+      ([f"--output={tmp_path}/missing/dir/s.jsonl"], "does not exist"),
+      ([f"--html={tmp_path}"], "is a directory"),
+      (["--sampler=ddpm"], "does not sample masked models"),
+  ]
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    procs = list(pool.map(lambda case: _run(base + case[0]), cases))
+  for (_, message), proc in zip(cases, procs):
+    _assert_one_error(proc, message)
+
+  out = _run(base + ["--num_samples=2", "--length=40", "--prompt=<|mask|> and <|eos|> [MASK]",
+                     f"--output={tmp_path / 's.jsonl'}"])
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "warning: --length=40 is beyond the model's training length 32" in out.stderr
+  assert "WARNING" not in out.stderr and "Traceback" not in out.stderr
+  from dlm.train import checkpoint as ckpt_lib
+
+  ckpts = ckpt_lib.Checkpoints(str(ref_dir), read_only=True)
+  tok = ckpts.read_tokenizer(STEPS, ckpts.read_config(STEPS))
+  ckpts.close()
+  for row in (json.loads(line) for line in open(tmp_path / "s.jsonl")):
+    given = [t for t, g in zip(row["full_tokens"], row["given"]) if g]
+    assert len(row["full_tokens"]) == 40
+    assert tok.mask_id not in given and tok.eos_id not in given  # text, not control tokens
+    assert tok.decode(given) == "<|mask|> and <|eos|> [MASK]"
+
+
+def test_evaluate_takes_its_own_batch_count(reference):
+  ref_dir, _, _ = reference
+  proc = _run(["-m", "dlm.evaluate", f"--workdir={ref_dir}", "--eval_batches=2"])
+  assert proc.returncode == 0 and "WARNING" not in proc.stderr, proc.stderr[-3000:]
+  validation = json.loads(proc.stdout)["validation"]
+  assert validation["eval_batches"] == 2 and validation["tokens"] == 2 * 8 * 32
+  assert validation["real_tokens"] == 2 * 8 * 32 and "every real token" in validation["counted"]
+  _assert_one_error(_run(["-m", "dlm.evaluate", f"--workdir={ref_dir}", "--eval_batches=-1"]),
+                    "--eval_batches must be >= 0")
