@@ -354,6 +354,29 @@ def test_read_only_and_full_disks(reference, data_dir, tmp_path):
   assert json.loads(out[-1])["step"] == STEPS
 
 
+def test_a_full_disk_when_tensorboard_closes_is_one_error(tmp_path):
+  """The event file's last flush fails: one DlmError, and tensorboardX's exit hook and writer
+  thread stay quiet (they retried the close and printed tracebacks after the error line)."""
+  script = (
+      "import errno, sys\n"
+      "from dlm.errors import DlmError\n"
+      "from dlm.train.metrics import MetricWriter\n"
+      "writer = MetricWriter(sys.argv[1])\n"
+      "writer.write(1, {'loss': 1.0})\n"
+      "def full():\n"
+      "  raise OSError(errno.ENOSPC, 'No space left on device')\n"
+      "for file_writer in writer._tb.all_writers.values():\n"
+      "  file_writer.event_writer._ev_writer.flush = full\n"
+      "try:\n"
+      "  writer.close()\n"
+      "except DlmError as e:\n"
+      "  print(f'error: {e}', file=sys.stderr)\n")
+  proc = _run(["-c", script, str(tmp_path)])
+  assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert proc.stderr.strip() == (f"error: cannot write the TensorBoard events in "
+                                 f"{tmp_path}/tensorboard: No space left on device")
+
+
 # Sampling and evaluation input ---------------------------------------------------------------
 
 

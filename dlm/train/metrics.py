@@ -26,7 +26,8 @@ class MetricWriter:
         self._truncate(resume_step or 0)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._tb_dir = os.path.join(workdir, "tensorboard")
+    self._tb = SummaryWriter(self._tb_dir)
 
   def _writing(self):
     return _OsErrors(f"cannot write {self.path}")
@@ -73,9 +74,28 @@ class MetricWriter:
         self._tb.add_scalar(k, v, int(step))
 
   def close(self) -> None:
-    if self._tb is not None:
-      with self._writing():
-        self._tb.close()
+    if self._tb is None:
+      return
+    tb, self._tb = self._tb, None
+    try:
+      with _OsErrors(f"cannot write the TensorBoard events in {self._tb_dir}"):
+        tb.close()
+    except DlmError:
+      _abandon(tb)
+      raise
+
+
+def _abandon(tb) -> None:
+  """After a failed close (a full disk): stops tensorboardX's writer threads and marks their
+  event files closed, so neither its exit hook (which would close, fail and print a traceback
+  again) nor the thread touches them; the events not yet written are lost, metrics.jsonl keeps
+  its lines. tensorboardX has no public way to give up on a file, hence its private fields."""
+  for file_writer in (tb.all_writers or {}).values():
+    events = file_writer.event_writer
+    worker = getattr(events, "_worker", None)
+    if worker is not None and worker.is_alive():
+      worker.stop()
+    events._closed = True  # pylint: disable=protected-access
 
 
 class _OsErrors:
