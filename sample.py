@@ -18,40 +18,26 @@ import sys
 
 from absl import app, flags
 
+import dlm
 from dlm import cli
+from dlm import registry
 from dlm import samplers
 from dlm.errors import DlmError
+from dlm.processes import nonsim
+from dlm.samplers import render, text
 
-flags.DEFINE_string("workdir", None, "Training directory with checkpoints.")
-flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-flags.DEFINE_enum("params", "ema", ["ema", "params"], "EMA or raw parameters.")
+cli.define_workdir_flags()
+cli.define_sampling_flags("One of: " + "; ".join(
+    f"{family}: {', '.join(samplers.names(family))}" for family in registry.names()
+    if samplers.names(family)) + " (default: the family's first).")
 flags.DEFINE_integer("num_samples", 4, "How many samples.")
 flags.DEFINE_integer("batch_size", 0, "Samples per device call (0: as many as fit in memory).")
 flags.DEFINE_integer("length", 0, "Tokens per sample (0: the model's training length).")
-flags.DEFINE_string("sampler", None, "One of: " + "; ".join(
-    f"{family}: {', '.join(names)}" for family, names in samplers.FAMILY_SAMPLERS.items())
-                    + " (default: the family's first).")
-flags.DEFINE_integer("steps", 128, "Denoising steps.")
-flags.DEFINE_integer("block_length", 0, "Semi-autoregressive block length (0: one block).")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: greedy).")
-flags.DEFINE_integer("top_k", 0, "Top-k filtering (0: off).")
-flags.DEFINE_float("top_p", 1.0, "Nucleus filtering (1: off).")
-flags.DEFINE_bool("float64", False, "Draw tokens in float64 (LLaDA's Gumbel precision).")
-flags.DEFINE_float("cfg_scale", 0.0, "Classifier-free guidance weight (prompted sampling).")
-flags.DEFINE_float("z_guidance", 1.0, "CCDD guidance w on the representation channel (1 = off).")
-flags.DEFINE_enum("grid", "uniform", ["uniform", "cosine"], "Ancestral time grid.")
-flags.DEFINE_integer("draft_length", 5, "ASSD (any_order family): tokens drafted per step (k).")
-flags.DEFINE_enum("reveal", "even", ["even", "dream"], "Confidence orders: tokens revealed per "
-                  "step, LLaDA's even split per block or Dream's int(m (1 - s/t)).")
-flags.DEFINE_enum("readout", "mean", ["mean", "x0"], "Cosmos: decode the last step's mean "
-                  "(official) or one more x0 pass at t_min (+1 NFE).")
 flags.DEFINE_string("prompt", None, "Text the samples continue.")
 flags.DEFINE_string("infill", None, "Text with [MASK] / [MASK*n] spans to fill.")
 flags.DEFINE_string("source", None, "Source text of a conditional (pair) model, e.g. code to "
                     "summarise.")
-flags.DEFINE_string("schedule", None, "JSON extrinsic time schedule (dlm.neodiff_schedule).")
-flags.DEFINE_integer("seed", 0, "Random seed.")
-flags.DEFINE_string("output", None, "Write the samples to this JSONL file.")
+cli.define_output_flag("Write the samples to this JSONL file.")
 flags.DEFINE_bool("show_steps", False, "Print the denoising of each sample, step by step.")
 flags.DEFINE_string("html", None, "Write an HTML page replaying the denoising.")
 FLAGS = flags.FLAGS
@@ -73,65 +59,42 @@ def _check_output(path: str | None, flag: str) -> None:
 def main(argv):
   del argv
   with cli.user_errors():
-    if not FLAGS.workdir:
-      raise DlmError("--workdir is required")
-    for name in ("num_samples", "steps"):
-      if FLAGS[name].value <= 0:
-        raise DlmError(f"--{name} must be positive, got {FLAGS[name].value}")
-    for name in ("length", "batch_size", "block_length", "top_k"):
+    workdir = cli.workdir()
+    if FLAGS.num_samples <= 0:
+      raise DlmError(f"--num_samples must be positive, got {FLAGS.num_samples}")
+    for name in ("length", "batch_size"):
       if FLAGS[name].value < 0:
         raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
     _check_output(FLAGS.output, "output")
     _check_output(FLAGS.html, "html")
-    if FLAGS.float64:
-      import jax  # pylint: disable=g-import-not-at-top
-
-      jax.config.update("jax_enable_x64", True)
-    from dlm.samplers import render, text  # pylint: disable=g-import-not-at-top
-    from dlm.train import loop  # pylint: disable=g-import-not-at-top
-
-    cfg = samplers.SamplerConfig(
-        name=FLAGS.sampler or "", steps=FLAGS.steps, block_length=FLAGS.block_length,
-        temperature=FLAGS.temperature, top_k=FLAGS.top_k, top_p=FLAGS.top_p,
-        float64=FLAGS.float64, cfg_scale=FLAGS.cfg_scale, grid=FLAGS.grid,
-        z_guidance=FLAGS.z_guidance, draft_length=FLAGS.draft_length, reveal=FLAGS.reveal,
-        readout=FLAGS.readout)
-    if FLAGS.sampler and cfg.name not in samplers.SAMPLERS:
-      raise DlmError(f"unknown sampler {cfg.name!r}; choose one of {', '.join(samplers.SAMPLERS)}")
+    options = cli.sampling_options()
+    if FLAGS.sampler:
+      samplers.registered(FLAGS.sampler)  # a DlmError naming the known samplers
+    times = nonsim.load_schedule(FLAGS.schedule) if FLAGS.schedule else None
     batch = min(FLAGS.batch_size or FLAGS.num_samples, FLAGS.num_samples)
-    mesh = text.data_mesh(batch)
     with cli.stdout_to_stderr():
-      config, tokenizer, model, step = loop.restore_for_sampling(
-          FLAGS.workdir, FLAGS.params, FLAGS.step, mesh)
-      if FLAGS.length > config.data.seq_len:
+      run = dlm.load(workdir, step=FLAGS.step, params=FLAGS.params, mesh=text.data_mesh(batch))
+      data = run.config.data
+      if FLAGS.length > data.seq_len:
         print(f"warning: --length={FLAGS.length} is beyond the model's training length "
-              f"{config.data.seq_len}; expect worse samples past it", file=sys.stderr)
-      if not FLAGS.sampler:
-        cfg = dataclasses.replace(cfg, name=samplers.default_sampler(config.model.family))
-      times = None
-      if FLAGS.schedule:
-        from dlm.processes import nonsim  # pylint: disable=g-import-not-at-top
-
-        times = nonsim.load_schedule(FLAGS.schedule)
-      if FLAGS.source is not None and not config.data.get("source_feature", ""):
-        raise DlmError(f"--source needs a model trained on pairs; {FLAGS.workdir!r} was trained "
-                       f"on unconditional text ({config.data.dataset})")
-      length = FLAGS.length or config.data.seq_len
-      results = text.sample(model, tokenizer, cfg, num_samples=FLAGS.num_samples,
-                            length=length, prompt=FLAGS.prompt, infill=FLAGS.infill,
-                            source=FLAGS.source, source_len=config.data.get("source_len", 0),
-                            add_bos=config.data.add_bos, seed=FLAGS.seed,
-                            batch_size=FLAGS.batch_size, max_length=config.data.seq_len,
-                            mesh=mesh, times=times, progress=True)
-  settings = {"workdir": FLAGS.workdir, "step": step, "params": FLAGS.params,
-              **dataclasses.asdict(cfg), "seed": FLAGS.seed, "prompt": FLAGS.prompt,
+              f"{data.seq_len}; expect worse samples past it", file=sys.stderr)
+      if FLAGS.source is not None and not data.source_feature:
+        raise DlmError(f"--source needs a model trained on pairs; {workdir!r} was trained on "
+                       f"unconditional text ({data.dataset})")
+      sampling = dlm.api.sampler_config(run.family, FLAGS.sampler, **options)
+      results = dlm.sample(run, FLAGS.prompt, num_samples=FLAGS.num_samples, sampler=sampling.name,
+                           length=FLAGS.length, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
+                           infill=FLAGS.infill, source=FLAGS.source, times=times,
+                           progress=True, **options)
+  settings = {"workdir": workdir, "step": run.step, "params": FLAGS.params,
+              **dataclasses.asdict(sampling), "seed": FLAGS.seed, "prompt": FLAGS.prompt,
               "infill": FLAGS.infill, "source": FLAGS.source, "schedule": FLAGS.schedule}
   for i, r in enumerate(results):
     print(f"--- sample {i} (nfe {r['nfe']}) ---")
     print(r["generated"] if FLAGS.source is not None else r["text"])  # pairs: the target
     if FLAGS.show_steps:
-      pieces = render.token_strings(tokenizer, r["full_tokens"])
-      for line in render.terminal_frames(pieces, r["revealed_at"], cfg.steps,
+      pieces = render.token_strings(run.tokenizer, r["full_tokens"])
+      for line in render.terminal_frames(pieces, r["revealed_at"], sampling.steps,
                                          color=sys.stdout.isatty()):
         print(line)
   if FLAGS.output:
@@ -139,12 +102,12 @@ def main(argv):
       for r in results:
         f.write(json.dumps({**r, "settings": settings}) + "\n")
   if FLAGS.html:
-    pages = [{"pieces": render.token_strings(tokenizer, r["full_tokens"]),
-              "revealed_at": r["revealed_at"], "steps": cfg.steps, "label": f"sample {i}"}
+    pages = [{"pieces": render.token_strings(run.tokenizer, r["full_tokens"]),
+              "revealed_at": r["revealed_at"], "steps": sampling.steps, "label": f"sample {i}"}
              for i, r in enumerate(results)]
     with open(FLAGS.html, "w") as f:
-      f.write(render.html_replay(pages, f"{FLAGS.workdir} step {step}: {cfg.name}, "
-                                        f"{cfg.steps} steps"))
+      f.write(render.html_replay(pages, f"{workdir} step {run.step}: {sampling.name}, "
+                                        f"{sampling.steps} steps"))
 
 
 if __name__ == "__main__":

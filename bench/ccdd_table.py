@@ -19,6 +19,8 @@ from dlm import config as config_lib
 from dlm import evaluate, samplers
 from dlm.train import loop
 
+import common  # bench/common.py
+
 flags.DEFINE_string("workdir", "runs/ccdd_table", "Parent of the three workdirs.")
 flags.DEFINE_integer("steps", 600, "Training steps of each model.")
 flags.DEFINE_string("steps_list", "8,32,128", "Sampling steps.")
@@ -94,10 +96,7 @@ def main(argv):
                  f"{s['steps']} | {s['gen_perplexity']:.1f} | {s['entropy_bits']:.2f} | "
                  f"{s['mauve']:.3f} | {s['mean_nfe']:.0f} | {s['wall_s']:.1f} |")
   table = "\n".join(lines)
-  print(table)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(table + "\n")
+  common.emit(table, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from absl import app, flags
 
 from dlm import cli, sharding
 from dlm.data import inputs
+from dlm.train import batches
 
 flags.DEFINE_float("seconds", 20.0, "How long to pull batches for (after a warm-up batch).")
 FLAGS = flags.FLAGS
@@ -35,9 +36,9 @@ def main(argv):
     tokenizer = inputs.load_tokenizer(config.data)
     mesh = sharding.make_mesh(config.mesh.shape)
     per_batch = config.train.batch_size * config.data.seq_len
-    it = inputs.train_iterator(config, tokenizer, mesh)
+    it = batches.train_batches(config, tokenizer, mesh)
     numpy_rate = measure(it.next_local, FLAGS.seconds, per_batch)
-    it = inputs.train_iterator(config, tokenizer, mesh)
+    it = batches.train_batches(config, tokenizer, mesh)
     device_rate = measure(lambda: next(it), FLAGS.seconds, per_batch)
   print(json.dumps({
       "bench": "data_throughput",

@@ -29,9 +29,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dlm import samplers  # noqa: E402
 from dlm.errors import DlmError  # noqa: E402
-from dlm.samplers import joint as joint_lib  # noqa: E402
+from dlm.samplers import joint_head as joint_lib  # noqa: E402
 from dlm.samplers.core import SamplerConfig, blank_canvas  # noqa: E402
-from dlm.train import loop  # noqa: E402
+from dlm.train import restore  # noqa: E402
 
 flags.DEFINE_string("head", None, "the joint head's workdir")
 flags.DEFINE_integer("num_samples", 1024, "sequences per sampler setting (MAUVE cannot rank "
@@ -82,7 +82,7 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   if not FLAGS.head:
     raise DlmError("--head (a joint head's workdir) is required")
-  config, tokenizer, model, step = loop.restore_for_sampling(FLAGS.head)
+  config, tokenizer, model, step = restore.load(FLAGS.head)
   if config.model.family != "joint_head":
     raise DlmError(f"{FLAGS.head!r} holds a {config.model.family} model, not a joint head")
   length = FLAGS.length or config.data.seq_len

@@ -37,6 +37,7 @@ from dlm import samplers, textmetrics
 from dlm.data import inputs
 from dlm.samplers import text as sample_text
 from dlm.train import loop
+from dlm.train import restore
 
 flags.DEFINE_string("root", "runs/instruct", "Workdirs of the four runs.")
 flags.DEFINE_integer("num_prompts", 48, "Validation prompts decoded per model and length.")
@@ -88,7 +89,7 @@ def canvases(tokenizer, config, pairs, max_length: int):
 
 
 def decode(workdir: str, pairs, max_length: int, steps: int) -> dict:
-  config, tokenizer, model, step = loop.restore_for_sampling(workdir)
+  config, tokenizer, model, step = restore.load(workdir)
   rows, rooms, refs, ref_lens = canvases(tokenizer, config, pairs, max_length)
   cfg = samplers.SamplerConfig(name="low_confidence", steps=steps, temperature=0.0,
                                block_length=FLAGS.block_length)
@@ -148,7 +149,7 @@ def table(rows) -> str:
 def main(argv):
   del argv
   workdirs = {m: ensure_trained(FLAGS.root, m) for m in FLAGS.models}
-  config = loop.read_config(workdirs[FLAGS.models[0]])
+  config = restore.read_config(workdirs[FLAGS.models[0]])
   pairs = inputs.open_pairs(config.data, config.data.eval_split)[:FLAGS.num_prompts]
   saved = []
   if FLAGS.out and os.path.exists(FLAGS.out):

@@ -18,6 +18,8 @@ from dlm import config as config_lib
 from dlm import evaluate, samplers
 from dlm.train import loop
 
+import common  # bench/common.py
+
 flags.DEFINE_string("masked_workdir", "runs/quality/masked", "Masked model (trained if empty).")
 flags.DEFINE_string("ar_workdir", "runs/quality/ar", "AR model (trained if empty).")
 flags.DEFINE_string("steps_list", "32,128,512", "")
@@ -76,10 +78,7 @@ def main(argv):
                  f"{s['entropy_bits']:.2f} | {s['mauve']:.3f} | {s['mean_nfe']:.0f} | "
                  f"{s['wall_s']:.1f} |")
   table = "\n".join(lines)
-  print(table)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(table + "\n")
+  common.emit(table, FLAGS.out)
 
 
 if __name__ == "__main__":

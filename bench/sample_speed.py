@@ -20,15 +20,17 @@ from absl import app, flags, logging
 
 from dlm import config as config_lib
 from dlm import samplers
+from dlm.processes.time import grid_time
 from dlm.samplers import text as sample_text
 from dlm.train import loop
+from dlm.train import restore
 
 flags.DEFINE_string("workdir", None, "Checkpoint to sample from (default: train one briefly).")
 flags.DEFINE_integer("num_samples", 64, "")
 flags.DEFINE_integer("length", 256, "")
 flags.DEFINE_integer("steps", 256, "")
 flags.DEFINE_integer("train_steps", 200, "Training steps of the brief model.")
-flags.DEFINE_string("samplers", ",".join(samplers.FAMILY_SAMPLERS["masked"]),
+flags.DEFINE_string("samplers", ",".join(samplers.names("masked")),
                     "Comma-separated sampler names (masked family).")
 FLAGS = flags.FLAGS
 
@@ -46,7 +48,7 @@ def brief_model(workdir: str) -> None:
 def expected_cache_ratio(schedule, steps: int, length: int, grid: str) -> float:
   """steps / E[steps that reveal at least one of `length` tokens]: the NFE saving the cache
   can give at all on this schedule and time grid (each token's reveal step is independent)."""
-  times = samplers.time_grid(jnp.arange(steps + 1), steps, grid)
+  times = grid_time(jnp.arange(steps + 1), steps, grid)
   alpha = np.asarray(schedule.alpha(times), np.float64)
   p = np.diff(alpha) / (alpha[-1] - alpha[0])
   return steps / float(np.sum(1.0 - (1.0 - p) ** length))
@@ -60,7 +62,7 @@ def main(argv):
     workdir = tempfile.mkdtemp(prefix="dlm_sample_speed_")
     brief_model(workdir)
   mesh = sample_text.data_mesh(FLAGS.num_samples)
-  config, tokenizer, model, step = loop.restore_for_sampling(workdir, mesh=mesh)
+  config, tokenizer, model, step = restore.load(workdir, mesh=mesh)
   canvas = samplers.blank_canvas(FLAGS.num_samples, FLAGS.length, tokenizer.mask_id)
   runs = []
   names = FLAGS.samplers.split(",")

@@ -30,27 +30,21 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
+import common  # noqa: E402  (bench/common.py)
+
 flags.DEFINE_enum("mode", "both", ["devices", "processes", "both"], "What N counts.")
 flags.DEFINE_list("counts", ["1", "2", "4", "8"], "Device or process counts.")
 flags.DEFINE_enum("mesh", "fsdp", ["data", "fsdp", "tensor"], "The mesh axis the N devices form.")
 flags.DEFINE_integer("steps", 6, "Train steps (the first compiles, the second warms up).")
-flags.DEFINE_integer("width", 128, "")
-flags.DEFINE_integer("depth", 4, "")
-flags.DEFINE_integer("heads", 2, "")
-flags.DEFINE_integer("seq_len", 128, "")
-flags.DEFINE_integer("batch_size", 32, "Global batch, the same for every N.")
-flags.DEFINE_integer("vocab", 2048, "")
+common.define_model_flags(width=128, depth=4, heads=2, seq_len=128, batch_size=32,
+                          vocab=2048,
+                          batch_help="Global batch, the same for every N.")
 flags.DEFINE_string("coordinator_address", "", "Internal: set on the worker processes.")
 flags.DEFINE_integer("num_processes", 0, "Internal: set on the worker processes.")
 flags.DEFINE_integer("process_id", -1, "Internal: set on the worker processes.")
 FLAGS = flags.FLAGS
 
 AXES = {"data": 0, "fsdp": 1, "tensor": 2}
-
-
-class _Tok:  # the model needs only these two facts of a tokenizer
-  def __init__(self, vocab):
-    self.vocab_size, self.mask_id = vocab, vocab - 1
 
 
 def _config():
@@ -65,11 +59,8 @@ def _config():
 
 
 def _batches():
-  rng = np.random.default_rng(0)
-  shape = (FLAGS.steps, FLAGS.batch_size, FLAGS.seq_len)
-  return {"tokens": rng.integers(0, FLAGS.vocab - 1, shape, dtype=np.int32),
-          "segment_ids": np.ones(shape, np.int32),
-          "positions": np.broadcast_to(np.arange(FLAGS.seq_len, dtype=np.int32), shape).copy()}
+  return common.synthetic_batch(np.random.default_rng(0),
+                                (FLAGS.steps, FLAGS.batch_size, FLAGS.seq_len), FLAGS.vocab)
 
 
 def run(devices) -> dict:
@@ -87,7 +78,8 @@ def run(devices) -> dict:
   mesh = sharding.make_mesh(shape, devices)
   tx, lr = optim.optimizer(config.train)
   graphdef, state, shardings = state_lib.create(
-      lambda r: models.build(config, _Tok(FLAGS.vocab), r), tx, mesh, config.mesh.rules, 0)
+      lambda r: models.build(config, common.Vocab(FLAGS.vocab), r), tx, mesh, config.mesh.rules,
+      0)
   bs = sharding.named_sharding(mesh, ("batch", "length"), config.mesh.rules)
   data = _batches()
   step = step_lib.make_train_step(graphdef, tx, lr, config.train, shardings, bs)

@@ -28,7 +28,7 @@ from flax import nnx
 from dlm import evaluate, samplers
 from dlm.errors import DlmError
 from dlm.samplers import text as sample_text
-from dlm.train import loop
+from dlm.train import restore
 
 flags.DEFINE_string("workdir", None, "An any_order checkpoint.")
 flags.DEFINE_string("judge_workdir", None, "Autoregressive judge for generative perplexity.")
@@ -63,7 +63,7 @@ def model_nll(model, tokens, given) -> tuple[float, float]:
   def nll(state, x, g):
     m = nnx.merge(graphdef, state)
     levels = jnp.where(g, 0, jnp.cumsum(~g, axis=1)).astype(jnp.int32)
-    logits = m.logits(x, levels)
+    logits = m.denoise(x, levels)
     picked = jnp.take_along_axis(logits, x[..., None], axis=-1)[..., 0]
     return jnp.where(g, 0.0, jax.nn.logsumexp(logits, axis=-1) - picked).sum(axis=1)
 
@@ -117,12 +117,12 @@ def main(argv):
   if FLAGS.num_rows % FLAGS.batch_size:
     raise DlmError("--batch_size must divide --num_rows")
   mesh = sample_text.data_mesh(FLAGS.batch_size)
-  config, tokenizer, model, step = loop.restore_for_sampling(FLAGS.workdir, mesh=mesh)
+  config, tokenizer, model, step = restore.load(FLAGS.workdir, mesh=mesh)
   if config.model.family != "any_order":
     raise DlmError(f"{FLAGS.workdir!r} holds a {config.model.family!r} model, not any_order")
   judge = None
   if FLAGS.judge_workdir:
-    j_config, j_tok, judge, _ = loop.restore_for_sampling(FLAGS.judge_workdir, "params",
+    j_config, j_tok, judge, _ = restore.load(FLAGS.judge_workdir, "params",
                                                           mesh=mesh)
     if j_config.model.family != "autoregressive" or j_tok.fingerprint != tokenizer.fingerprint:
       raise DlmError("the judge must be an autoregressive model with the same tokenizer")

@@ -27,6 +27,9 @@ from dlm import evaluate, neodiff_schedule, samplers
 from dlm.processes import nonsim
 from dlm.train import loop
 
+import common  # bench/common.py
+from dlm.train import restore
+
 flags.DEFINE_string("root", "runs/summarize_table", "Workdirs of this table's models.")
 flags.DEFINE_integer("train_steps", 400, "Training steps of the summarisation models.")
 flags.DEFINE_integer("docs_steps", 0, "Training steps of the unconditional models (0: the same).")
@@ -53,7 +56,7 @@ def show(row) -> None:
 
 
 def bleu_rows(workdirs) -> list[str]:
-  config = loop.read_config(workdirs["neodiff"])
+  config = restore.read_config(workdirs["neodiff"])
   pairs = evaluate.validation_pairs(config, FLAGS.num_pairs, offset=FLAGS.bo_pairs)
   table, schedules, rows = {}, {}, []
   for steps in (10, 20):
@@ -90,7 +93,7 @@ def _pair_eval(workdir, cfg, pairs, times) -> dict:
   from dlm.samplers import text as sample_text  # pylint: disable=g-import-not-at-top
 
   mesh = sample_text.data_mesh(64)
-  config, tokenizer, model, step = loop.restore_for_sampling(workdir, mesh=mesh)
+  config, tokenizer, model, step = restore.load(workdir, mesh=mesh)
   out = evaluate.pair_bleu(model, tokenizer, config, cfg, pairs, batch_size=64, mesh=mesh,
                            times=times)
   return {"workdir": workdir, "step": step, **out}
@@ -131,10 +134,7 @@ def main(argv):
                    **{"train.steps": docs_steps, "model.family": f})
   lines += [""] + sample_rows(workdirs)
   text = "\n".join(lines)
-  print(text)
-  if FLAGS.out:
-    with open(FLAGS.out, "w") as f:
-      f.write(text + "\n")
+  common.emit(text, FLAGS.out)
 
 
 if __name__ == "__main__":

@@ -37,14 +37,11 @@ from dlm.train import optimizer as optim
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
 
+import common  # bench/common.py
+
 flags.DEFINE_integer("steps", 8, "Timed steps (after one compile step and one warm-up step).")
-flags.DEFINE_integer("width", 256, "")
-flags.DEFINE_integer("depth", 6, "")
-flags.DEFINE_integer("heads", 4, "")
-flags.DEFINE_float("mlp_ratio", 4.0, "")
-flags.DEFINE_integer("seq_len", 256, "")
-flags.DEFINE_integer("batch_size", 32, "")
-flags.DEFINE_integer("vocab", 8192, "")
+common.define_model_flags(width=256, depth=6, heads=4, seq_len=256, batch_size=32, vocab=8192)
+flags.DEFINE_float("mlp_ratio", 4.0, "SwiGLU hidden width / width.")
 flags.DEFINE_list("sweep", [], "Models DEPTHxWIDTH@LENGTH (heads = max(1, width // 64), the "
                   "flags' batch and vocabulary); empty = the flags' one model.")
 flags.DEFINE_string("dtype", "float32", "matmul compute dtype")
@@ -67,11 +64,6 @@ RATED_BF16 = {
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
     "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
-
-
-class _Tok:  # the model needs only these two facts of a tokenizer
-  def __init__(self, vocab):
-    self.vocab_size, self.mask_id = vocab, vocab - 1
 
 
 def matmul_peak(n: int, dtype) -> tuple[float, float]:
@@ -124,13 +116,11 @@ def _config(model: dict, scan_layers: bool):
 def _setup(config, mesh):
   tx, lr = optim.optimizer(config.train)
   graphdef, state, shardings = state_lib.create(
-      lambda r: models.build(config, _Tok(FLAGS.vocab), r), tx, mesh, config.mesh.rules, 0)
+      lambda r: models.build(config, common.Vocab(FLAGS.vocab), r), tx, mesh, config.mesh.rules,
+      0)
   batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), config.mesh.rules)
-  rng = np.random.default_rng(0)
-  shape = (FLAGS.batch_size, config.data.seq_len)
-  batch = {"tokens": rng.integers(0, FLAGS.vocab - 1, shape, dtype=np.int32),
-           "segment_ids": np.ones(shape, np.int32),
-           "positions": np.broadcast_to(np.arange(shape[1], dtype=np.int32), shape).copy()}
+  batch = common.synthetic_batch(np.random.default_rng(0),
+                                 (FLAGS.batch_size, config.data.seq_len), FLAGS.vocab)
   batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
   step = step_lib.make_train_step(graphdef, tx, lr, config.train, shardings, batch_sharding)
   return state, batch, step

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
+import json
 import logging as pylogging
 import os
 import re
 import sys
+from typing import Callable
 
+import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
 from dlm import config as config_lib
+from dlm import distributed
+from dlm import samplers
 from dlm.errors import DlmError, exit_on_user_error
 
 FLAGS = flags.FLAGS
@@ -39,10 +45,84 @@ def define_distributed_flags() -> None:
   flags.DEFINE_integer("process_id", -1, "This process's index, 0 .. num_processes - 1.")
 
 
+def define_workdir_flags(help_text: str = "Training directory with checkpoints.",
+                         step: bool = True, params: bool = True) -> None:
+  """`--workdir` (required by `workdir()`), and `--step`, `--params` for reading its model."""
+  flags.DEFINE_string("workdir", None, help_text)
+  if step:
+    flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest intact one).")
+  if params:
+    flags.DEFINE_enum("params", "ema", ["ema", "params"], "EMA or raw parameters.")
+
+
+def workdir() -> str:
+  if not FLAGS.workdir:
+    raise DlmError("--workdir is required")
+  return FLAGS.workdir
+
+
+# Sampling flags: one per `SamplerConfig` field (dlm/samplers/core.py checks their values).
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string}
+
+
+def define_sampling_flags(sampler_help: str = "Sampler (default: the family's first).") -> None:
+  """`--sampler`, a flag per sampler option (`samplers.OPTIONS`, with the SamplerConfig field's
+  default and help), `--schedule` and `--seed`."""
+  flags.DEFINE_string("sampler", None, sampler_help)
+  for field in dataclasses.fields(samplers.SamplerConfig):
+    if field.name in samplers.OPTIONS:
+      _DEFINE[type(field.default)](field.name, field.default, field.metadata["help"])
+  flags.DEFINE_string("schedule", None, "JSON extrinsic time schedule (dlm.neodiff_schedule).")
+  flags.DEFINE_integer("seed", 0, "Random seed.")
+
+
+def sampling_options() -> dict:
+  """The sampler options of the flags (keyword arguments of `dlm.sample`), checked by
+  SamplerConfig; float64 draws switch on jax_enable_x64."""
+  options = {name: FLAGS[name].value for name in samplers.OPTIONS}
+  try:
+    samplers.SamplerConfig(**options)
+  except DlmError as e:
+    raise DlmError(f"--{e}") from None
+  if options["float64"]:
+    jax.config.update("jax_enable_x64", True)
+  return options
+
+
+def define_output_flag(help_text: str) -> None:
+  """`--output`: where a command writes its result besides printing it."""
+  flags.DEFINE_string("output", None, help_text)
+
+
+def json_command(compute: Callable[[str], dict],
+                 write_output: bool = False) -> Callable[[list[str]], None]:
+  """`main(argv)` of a command that reads `--workdir` and prints one JSON line (with
+  `write_output`, also into the file `--output`): `compute(workdir) -> result`, user errors as
+  one line, library chatter on stderr."""
+
+  def main(argv):
+    del argv
+    with user_errors():
+      where = workdir()
+      with stdout_to_stderr():
+        result = compute(where)
+    print_json(result, FLAGS.output if write_output else None)
+
+  return main
+
+
+def print_json(result: dict, output: str | None = None) -> None:
+  """The result line on stdout (and in `output` if given)."""
+  line = json.dumps(result)
+  print(line)
+  if output:
+    with open(output, "w") as f:
+      f.write(line + "\n")
+
+
 def initialize_distributed():
   """Joins the processes named by the flags or the environment; before any device is used."""
-  from dlm import distributed  # pylint: disable=g-import-not-at-top
-
   return distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
                                 FLAGS.process_id)
 

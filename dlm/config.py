@@ -3,15 +3,81 @@
 Experiment configs in `configs/` start from `base_config()` and change what they need; users
 change keys on the command line (`--config.data.seq_len=128`). A key that is not here is an
 error, not a silent no-op.
+
+The sections every run has (`data`, `mesh`, `model`, `train`) are documented here; each family
+section (`diffusion`, `continuous`, `ccdd`, ...) is generated from the dataclass its family
+registers (`dlm/registry.py`), which documents its keys and checks its values. `validate`
+checks a whole config before any work; `load_file` loads a config file, naming whatever is
+wrong with it in one line.
 """
 
+import dataclasses
 import importlib.util
 import math
 import os
 
 from ml_collections import ConfigDict
 
+from dlm import registry
 from dlm.errors import DlmError, one_line
+
+# The names `model.*` keys accept (the backbone maps them to what they mean).
+REMATS = ("none", "full", "dots", "dots_all")
+ATTENTIONS = ("bidirectional", "causal", "block_causal")
+TIME_CONDITIONINGS = ("adaln_zero", "none")
+DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+PACKINGS = ("concat", "pad")
+PADDINGS = ("eos", "rainbow")
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+  """The `model` section's backbone keys: their defaults and checks (the one source of both).
+  `models.transformer.TransformerConfig` extends it with what a family sets itself."""
+  width: int = 256
+  depth: int = 6
+  heads: int = 4
+  mlp_ratio: float = 4.0  # SwiGLU hidden width = mlp_ratio * width
+  time_conditioning: str = "adaln_zero"  # TIME_CONDITIONINGS; 'none': MD4 (masked models)
+  cond_width: int = 128  # width of the time embedding feeding adaLN
+  attention: str = "bidirectional"  # ATTENTIONS
+  block_size: int = 0  # block_causal only
+  rope_theta: float = 10_000.0
+  head_init_std: float = 0.0  # output projection init std; 0 = zeros (DiT / MDLM final layer)
+  tie_embeddings: bool = False  # output projection = input embedding table, transposed
+  dropout: float = 0.0
+  dtype: str = "float32"  # matmul compute dtype (DTYPES); parameters stay float32
+  remat: str = "none"  # rematerialisation policy (REMATS)
+  scan_layers: bool = False  # nnx.scan over layers: one compiled layer, faster compiles
+  attention_impl: str = "xla"  # 'xla' | 'cudnn' (GPU flash attention) | 'auto'
+  # Low-rank adapters W + (lora_alpha / lora_rank) A B on every block's dense weights
+  # (attention qkv/out, MLP in/down); B starts at zero, so an adapted model starts equal
+  # to its base. 0 = none (no adapter parameters at all: old checkpoints load). Train
+  # only them with train.freeze='^(?!.*lora_)' and train.init_from=BASE_WORKDIR.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+
+  def __post_init__(self):
+    _check_positive_ints(self, "model", ("width", "depth", "heads", "cond_width"))
+    if self.width % self.heads or (self.width // self.heads) % 2:
+      raise DlmError(f"model.width={self.width} must split into model.heads={self.heads} "
+                     "heads of even size")
+    if not _is_number(self.mlp_ratio) or self.mlp_ratio <= 0:
+      raise DlmError(f"model.mlp_ratio must be a positive number, got {self.mlp_ratio!r}")
+    if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+      raise DlmError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+    for key, allowed in (("remat", REMATS), ("attention", ATTENTIONS),
+                         ("time_conditioning", TIME_CONDITIONINGS), ("dtype", DTYPES),
+                         ("attention_impl", ATTENTION_IMPLS)):
+      if getattr(self, key) not in allowed:
+        raise DlmError(f"model.{key} must be one of {allowed}, got {getattr(self, key)!r}")
+    if self.attention == "block_causal" and self.block_size <= 0:
+      raise DlmError("model.attention='block_causal' needs model.block_size > 0")
+    if not _is_int(self.lora_rank) or self.lora_rank < 0:
+      raise DlmError(f"model.lora_rank must be a non-negative integer, got {self.lora_rank!r}")
+    if self.lora_rank and self.lora_alpha <= 0:
+      raise DlmError(f"model.lora_alpha must be positive, got {self.lora_alpha!r}")
 
 
 def base_config() -> ConfigDict:
@@ -75,133 +141,14 @@ def base_config() -> ConfigDict:
       ),
   ))
 
-  # Model: the family and its backbone (dlm/models/transformer.py).
+  # Model: the family and its backbone, whose keys `Backbone` below documents and checks.
   config.model = ConfigDict(dict(
       # 'masked' | 'continuous' | 'neodiff' | 'autoregressive' | 'ccdd' | 'cosmos_ae' |
-      # 'cosmos' | 'any_order' | 'joint_head' (see dlm.models.FAMILIES; 'joint_head':
-      # ADJUST's sampler head on a frozen masked model whose architecture the other
-      # model keys describe, configs/joint_head.py)
+      # 'cosmos' | 'any_order' | 'joint_head' (the registered families, dlm/registry.py;
+      # 'joint_head': ADJUST's sampler head on a frozen masked model whose architecture the
+      # other model keys describe, configs/joint_head.py)
       family="masked",
-      width=256,
-      depth=6,
-      heads=4,
-      mlp_ratio=4.0,  # SwiGLU hidden width = mlp_ratio * width
-      time_conditioning="adaln_zero",  # 'adaln_zero' | 'none' (MD4: masked models need no time)
-      cond_width=128,  # width of the time embedding feeding adaLN
-      attention="bidirectional",  # 'bidirectional' | 'causal' | 'block_causal'
-      block_size=0,  # block_causal only
-      rope_theta=10_000.0,
-      head_init_std=0.0,  # output projection init std; 0 = zeros (DiT / MDLM final layer)
-      tie_embeddings=False,  # output projection = input embedding table, transposed
-      dropout=0.0,
-      dtype="float32",  # matmul compute dtype: 'float32' | 'bfloat16' (params stay float32)
-      remat="none",  # rematerialisation: 'none' | 'full' | 'dots' | 'dots_all'
-      scan_layers=False,  # nnx.scan over layers: one compiled layer, faster compiles
-      attention_impl="xla",  # 'xla' | 'cudnn' (GPU flash attention) | 'auto'
-      # Low-rank adapters W + (lora_alpha / lora_rank) A B on every block's dense weights
-      # (attention qkv/out, MLP in/down); B starts at zero, so an adapted model starts equal
-      # to its base. 0 = none (no adapter parameters at all: old checkpoints load). Train
-      # only them with train.freeze='^(?!.*lora_)' and train.init_from=BASE_WORKDIR.
-      lora_rank=0,
-      lora_alpha=16.0,
-  ))
-
-  # Masked diffusion process (dlm/processes/masked.py).
-  config.diffusion = ConfigDict(dict(
-      schedule="linear",  # 'linear' | 'cosine' | 'polynomial' | 'loglinear'
-      power=2.0,  # polynomial only
-      eps=1e-4,  # keeps 0 < alpha < 1 (md4); loglinear: alpha(1) = eps (MDLM)
-      timesteps=0,  # 0: continuous-time NELBO; T > 0: discrete-time NELBO with T steps
-      antithetic=True,  # low-discrepancy time sampling over the batch
-      # How the loss is averaged: 'token' = over all scored tokens of the batch (MDLM/MD4);
-      # 'response' = each row's loss divided by its scored length (a pair's response with its
-      # padding), then the mean over rows, as in LLaDA's SFT. Reported bits stay per token.
-      loss_norm="token",
-  ))
-
-  # Continuous diffusion over token embeddings (dlm/models/continuous.py, CDCD/Plaid style).
-  config.continuous = ConfigDict(dict(
-      embed_dim=64,  # token embedding (diffusion space) width
-      schedule="cosine",  # VP schedule: 'cosine' | 'sqrt' (Diffusion-LM) | 'tan_d' (Cosmos)
-      tan_d=5.0,  # tan_d only: the shift d
-      noise_scale=1.0,  # training noise std multiplier
-      self_condition=0.5,  # self-conditioning probability in training (0 = off)
-      mse_weight=0.0,  # embedding MSE beside the x_0 cross-entropy
-      normalize_embeddings=True,  # CDCD: L2-normalised rows scaled to sqrt(embed_dim)
-  ))
-
-  # NeoDiff non-simultaneous diffusion (dlm/models/neodiff.py, dlm/processes/nonsim.py).
-  config.neodiff = ConfigDict(dict(
-      embed_dim=64,
-      num_tau=100,  # intrinsic time levels 0..num_tau-1 (tau_max = 99 in the paper's code)
-      train_noise_scale=6.5,  # noise_factor of the official script; sampling uses 1
-      self_condition=0.5,
-      label_smoothing=0.1,  # anchor cross-entropy
-      tau_loss_weight=1.0,
-  ))
-
-  # CCDD joint token + representation diffusion (dlm/models/ccdd.py, dlm/processes/gidd.py);
-  # the token channel also reads config.diffusion (schedule, eps, antithetic).
-  config.ccdd = ConfigDict(dict(
-      encoder="",  # HF encoder directory (config.json, model.safetensors); '' = all-MiniLM-L6-v2
-      encoder_arch="",  # filled at build: the encoder's config.json (checkpoints need no files)
-      encoder_dtype="float32",  # the frozen encoder's matmul dtype
-      latent_dim=32,  # channels of z
-      reduce="slice",  # 'slice' (first latent_dim standardised channels) | 'pca' (fitted)
-      pca_rows=256,  # training rows the PCA is fitted on
-      p_uniform=0.0,  # GIDD uniform-noise share (0 = MDLM masking)
-      gamma=1.0,  # GIDD: c_t = B (t (1 - t))^(gamma / 2)
-      async_time=False,  # z at its own uniform time instead of the tokens' t
-      p_r_min=0.0,  # representation masking: p_r ~ U[p_r_min, p_r_max] per batch zeroes z0
-      p_r_max=1.0,  # at masked tokens before noising (CCDD's released configs: U[0, 1])
-      p_drop_z=0.1,  # whole-sample dropout of z_t in training (for guidance)
-      p_drop_x=0.0,  # whole-sample dropout of x_t (all [MASK]) in training
-      z_weight=1.0,  # weight of the z MSE beside the token NELBO
-      z_weight_max=10.0,  # the MSE's time weight min(1 / (1 - t), z_weight_max)
-  ))
-
-  # Cosmos (dlm/models/cosmos.py): stage 1 `cosmos_ae` trains the autoencoder, stage 2
-  # `cosmos` the latent diffusion (config.model sizes its denoiser) on a stage-1 workdir.
-  config.cosmos = ConfigDict(dict(
-      encoder="",  # HF encoder directory (config.json, model.safetensors); '' = all-MiniLM-L6-v2
-      encoder_arch="",  # filled at build: the encoder's config.json (checkpoints need no files)
-      encoder_dtype="float32",
-      num_latents=16,  # N latent vectors per row (seq_len / N = the compression)
-      latent_dim=64,  # channels per latent
-      ae_width=128,  # compressor / decompressor width, depth and heads
-      ae_depth=2,
-      ae_heads=2,
-      ce_weight=1.0,  # token cross-entropy
-      align_weight=1.0,  # MSE of the decompressor's states to the encoder's (standardised)
-      mask_share=0.5,  # augmentation: this share of the batch masks encoder states...
-      mask_p=0.3,  # ... each token dropped from the compressor's attention with this p
-      noise_delta=0.7,  # the other rows: h' = delta h + sqrt(1 - delta^2) eps
-      latent_dropout=0.4,  # element-wise latent dropout (no rescale); 0 = off
-      stats_rows=256,  # training rows for the encoder's and the latents' statistics
-      autoencoder_workdir="",  # stage 2: the stage-1 workdir (frozen, settings adopted)
-      tan_d=5.0,  # stage 2: VP tan-d schedule shift d
-      self_condition=0.5,  # stage 2: self-conditioning probability in training
-      t_min=0.05,  # stage 2 sampling: the grid runs from t = 1 to t_min, then decodes x0
-  ))
-
-  # Any-subset autoregressive models (dlm/models/any_order.py, AS-ARM / ASSD, arXiv 2504.20456).
-  config.any_order = ConfigDict(dict(
-      # Training masking rate: each row draws r (stratified over the batch) in [min_rate,
-      # max_rate] and round(r * n) of its n maskable tokens become targets (the paper's final
-      # range; its warm-up from 0.15 is for fine-tuning XLNet and is not done here).
-      min_rate=0.85,
-      max_rate=0.99,
-      order="left_to_right",  # the targets' order: 'left_to_right' | 'random' (any order)
-  ))
-
-  # ADJUST joint-sampling head (model.family='joint_head', dlm/models/joint_head.py).
-  config.joint = ConfigDict(dict(
-      unrolls=7,  # head unrolls in training (the paper's speculation_len); loss at K ~ U{1..}
-      # which tokens training masks: 'trajectory' (the last fraction of each row's reveal
-      # order: states of the exact sampler) or 'random' (random positions, the paper's code;
-      # reveals then follow the base's entropy)
-      noising="trajectory",
-      zero_init=True,  # the head's output norm starts at 0: the untrained head is the marginal
+      **dataclasses.asdict(Backbone()),
   ))
 
   # Training (train.py, dlm/train/).
@@ -236,6 +183,11 @@ def base_config() -> ConfigDict:
       init_which="ema",  # 'ema' | 'params': which of its parameters
       freeze="",  # regex over parameter paths ('a/b/kernel') that are never trained
   ))
+
+  # The families' sections (`diffusion`, `continuous`, `ccdd`, ...), each generated from the
+  # dataclass its family registers (dlm/registry.py): their keys are documented there.
+  for name, cls in registry.sections().items():
+    config[name] = ConfigDict(dataclasses.asdict(cls()))
   return config
 
 
@@ -257,135 +209,108 @@ def _check_mesh_shape(shape) -> None:
 
 def _check_positive_ints(section, name: str, keys) -> None:
   for key in keys:
-    if not _is_int(section[key]) or section[key] <= 0:
-      raise DlmError(f"{name}.{key} must be a positive integer, got {section[key]!r}")
+    value = section[key] if isinstance(section, ConfigDict) else getattr(section, key)
+    if not _is_int(value) or value <= 0:
+      raise DlmError(f"{name}.{key} must be a positive integer, got {value!r}")
+
+
+def source_budget(seq_len: int, source_len: int) -> int:
+  """A pair row's source budget in tokens (`data.source_len`, 0 = `seq_len // 2`); checks that
+  bos, the source, eos, at least one target token and its eos fit in `seq_len`."""
+  if not _is_int(seq_len) or seq_len <= 0:
+    raise DlmError(f"data.seq_len must be a positive integer, got {seq_len!r}")
+  if not _is_int(source_len) or source_len < 0:
+    raise DlmError(f"data.source_len must be a non-negative integer, got {source_len!r}")
+  n = source_len or seq_len // 2
+  if n < 1 or n + 3 > seq_len:
+    raise DlmError(
+        f"data.source_len={n} leaves no room for a target in data.seq_len={seq_len}: a row "
+        "holds bos, the source, eos, at least one target token and its eos")
+  return n
+
+
+def options(cls, section):
+  """A config section as its dataclass (`cls`): the one way sections become options. Keys the
+  dataclass does not have (an older checkpoint's) are left out; its checks run."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: v for k, v in dict(section).items() if k in names})
+
+
+def _check_data(data) -> None:
+  if not _is_int(data.seq_len) or data.seq_len <= 0:
+    raise DlmError(f"data.seq_len must be a positive integer, got {data.seq_len!r}")
+  if data.source_feature:
+    source_budget(data.seq_len, data.source_len)
+  elif not _is_int(data.source_len) or data.source_len < 0:
+    raise DlmError(f"data.source_len must be a non-negative integer, got {data.source_len!r}")
+  if data.packing not in PACKINGS:
+    raise DlmError(f"data.packing must be one of {PACKINGS}, got {data.packing!r}")
+  if data.document_per not in ("file", "line"):
+    raise DlmError(f"data.document_per must be 'file' or 'line', got {data.document_per!r}")
+  if not 0.0 <= data.validation_fraction < 1.0:
+    raise DlmError(f"data.validation_fraction must be in [0, 1), got "
+                   f"{data.validation_fraction}")
+  if data.source_feature and (not data.target_feature
+                              or data.target_feature == data.source_feature):
+    raise DlmError(f"data.target_feature={data.target_feature!r} must name a feature other than "
+                   f"data.source_feature={data.source_feature!r}")
+  if data.pretokenized and (data.source_feature or not data.tokenizer.path):
+    raise DlmError("data.pretokenized needs data.tokenizer.path (the tokenizer of the ids) "
+                   "and no data.source_feature")
+  if data.response_padding not in PADDINGS:
+    raise DlmError(f"data.response_padding must be one of {PADDINGS}, got "
+                   f"{data.response_padding!r}")
+  if data.response_padding == "rainbow" and data.tokenizer.num_reserved_pads < 1:
+    raise DlmError("data.response_padding='rainbow' needs data.tokenizer.num_reserved_pads >= 1")
+  for key in ("streams", "prefetch"):
+    if not _is_int(data[key]) or data[key] < 0:
+      raise DlmError(f"data.{key} must be a non-negative integer, got {data[key]!r}")
+
+
+def _check_train(train) -> None:
+  _check_positive_ints(train, "train", ("batch_size", "steps", "log_every", "eval_every",
+                                        "checkpoint_every", "keep_checkpoints", "grad_accum",
+                                        "max_nonfinite_steps"))
+  for key in ("eval_batches", "warmup_steps"):
+    if not _is_int(train[key]) or train[key] < 0:
+      raise DlmError(f"train.{key} must be a non-negative integer, got {train[key]!r}")
+  if not _is_number(train.lr) or train.lr <= 0:
+    raise DlmError(f"train.lr must be a positive number, got {train.lr!r}")
+  for key in ("grad_clip", "weight_decay", "min_lr_ratio"):
+    if not _is_number(train[key]) or train[key] < 0:
+      raise DlmError(f"train.{key} must be a non-negative number, got {train[key]!r}")
+  for key in ("b1", "b2", "ema_decay"):
+    if not _is_number(train[key]) or not 0.0 <= train[key] < 1.0:
+      raise DlmError(f"train.{key} must be in [0, 1), got {train[key]!r}")
+  if train.lr_schedule not in ("cosine", "constant"):
+    raise DlmError(f"train.lr_schedule must be 'cosine' or 'constant', got "
+                   f"{train.lr_schedule!r}")
+  if train.batch_size % train.grad_accum:
+    raise DlmError(f"train.grad_accum={train.grad_accum} must divide train.batch_size="
+                   f"{train.batch_size}")
+  if train.init_which not in ("ema", "params"):
+    raise DlmError(f"train.init_which must be 'ema' or 'params', got {train.init_which!r}")
+
+
+def _check_model(model) -> None:
+  registry.get(model.family)  # a DlmError naming the known families
+  options(Backbone, model)
 
 
 def validate(config: ConfigDict) -> ConfigDict:
-  """Checks values that would otherwise fail deep inside JAX or grain; raises DlmError."""
+  """Checks every value before any work (values that would otherwise fail deep inside JAX or
+  grain, or silently mean something else); raises DlmError. The family sections are checked by
+  their dataclasses, then by the family's own cross-section `check`."""
   _check_mesh_shape(config.mesh.shape)
-  d = config.data
-  if not isinstance(d.seq_len, int) or d.seq_len <= 0:
-    raise DlmError(f"data.seq_len must be a positive integer, got {d.seq_len!r}")
-  if d.packing not in ("concat", "pad"):
-    raise DlmError(f"data.packing must be 'concat' or 'pad', got {d.packing!r}")
-  if d.document_per not in ("file", "line"):
-    raise DlmError(f"data.document_per must be 'file' or 'line', got {d.document_per!r}")
-  if not 0.0 <= d.validation_fraction < 1.0:
-    raise DlmError(f"data.validation_fraction must be in [0, 1), got {d.validation_fraction}")
-  if d.source_feature:
-    from dlm.data.pipeline import resolve_source_len  # pylint: disable=g-import-not-at-top
-
-    if not d.target_feature or d.target_feature == d.source_feature:
-      raise DlmError(f"data.target_feature={d.target_feature!r} must name a feature other than "
-                     f"data.source_feature={d.source_feature!r}")
-    resolve_source_len(d.seq_len, d.source_len)
-  elif not isinstance(d.source_len, int) or d.source_len < 0:
-    raise DlmError(f"data.source_len must be a non-negative integer, got {d.source_len!r}")
-  if d.pretokenized and (d.source_feature or not d.tokenizer.path):
-    raise DlmError("data.pretokenized needs data.tokenizer.path (the tokenizer of the ids) "
-                   "and no data.source_feature")
-  if d.response_padding not in ("eos", "rainbow"):
-    raise DlmError(f"data.response_padding must be 'eos' or 'rainbow', got "
-                   f"{d.response_padding!r}")
-  if d.response_padding == "rainbow" and d.tokenizer.num_reserved_pads < 1:
-    raise DlmError("data.response_padding='rainbow' needs data.tokenizer.num_reserved_pads >= 1")
-  if not isinstance(d.streams, int) or isinstance(d.streams, bool) or d.streams < 0:
-    raise DlmError(f"data.streams must be a non-negative integer, got {d.streams!r}")
-  if not _is_int(d.prefetch) or d.prefetch < 0:
-    raise DlmError(f"data.prefetch must be a non-negative integer, got {d.prefetch!r}")
-  t = config.train
-  _check_positive_ints(t, "train", ("batch_size", "steps", "log_every", "eval_every",
-                                    "checkpoint_every", "keep_checkpoints", "grad_accum",
-                                    "max_nonfinite_steps"))
-  for key in ("eval_batches", "warmup_steps"):
-    if not _is_int(t[key]) or t[key] < 0:
-      raise DlmError(f"train.{key} must be a non-negative integer, got {t[key]!r}")
-  if not _is_number(t.lr) or t.lr <= 0:
-    raise DlmError(f"train.lr must be a positive number, got {t.lr!r}")
-  for key in ("grad_clip", "weight_decay", "min_lr_ratio"):
-    if not _is_number(t[key]) or t[key] < 0:
-      raise DlmError(f"train.{key} must be a non-negative number, got {t[key]!r}")
-  for key in ("b1", "b2", "ema_decay"):
-    if not _is_number(t[key]) or not 0.0 <= t[key] < 1.0:
-      raise DlmError(f"train.{key} must be in [0, 1), got {t[key]!r}")
-  if t.lr_schedule not in ("cosine", "constant"):
-    raise DlmError(f"train.lr_schedule must be 'cosine' or 'constant', got {t.lr_schedule!r}")
-  if t.batch_size % t.grad_accum:
-    raise DlmError(f"train.grad_accum={t.grad_accum} must divide train.batch_size={t.batch_size}")
-  m = config.model
-  _check_positive_ints(m, "model", ("width", "depth", "heads", "cond_width"))
-  if not _is_number(m.mlp_ratio) or m.mlp_ratio <= 0:
-    raise DlmError(f"model.mlp_ratio must be a positive number, got {m.mlp_ratio!r}")
-  if not _is_number(m.dropout) or not 0.0 <= m.dropout < 1.0:
-    raise DlmError(f"model.dropout must be in [0, 1), got {m.dropout!r}")
-  from dlm.models import FAMILIES  # pylint: disable=g-import-not-at-top
-  from dlm.models.transformer import REMAT_POLICIES  # pylint: disable=g-import-not-at-top
-  from dlm.processes.schedules import KINDS  # pylint: disable=g-import-not-at-top
-
-  if m.family not in FAMILIES:
-    raise DlmError(f"unknown model.family {m.family!r}; expected one of {FAMILIES}")
-  if m.width % m.heads or (m.width // m.heads) % 2:
-    raise DlmError(f"model.width={m.width} must split into model.heads={m.heads} heads of even size")
-  if m.remat not in REMAT_POLICIES:
-    raise DlmError(f"model.remat must be one of {tuple(REMAT_POLICIES)}, got {m.remat!r}")
-  if m.attention not in ("bidirectional", "causal", "block_causal"):
-    raise DlmError(f"unknown model.attention {m.attention!r}")
-  if m.attention == "block_causal" and m.block_size <= 0:
-    raise DlmError("model.attention='block_causal' needs model.block_size > 0")
-  if m.time_conditioning not in ("adaln_zero", "none"):
-    raise DlmError(f"model.time_conditioning must be 'adaln_zero' or 'none', got "
-                   f"{m.time_conditioning!r}")
-  if m.dtype not in ("float32", "bfloat16"):
-    raise DlmError(f"model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
-  c = config.get("cosmos")
-  if c is not None and (c.ae_width % c.ae_heads or (c.ae_width // c.ae_heads) % 2):
-    raise DlmError(f"cosmos.ae_width={c.ae_width} must split into cosmos.ae_heads={c.ae_heads} "
-                   "heads of even size")
-  for key in ("num_latents", "latent_dim", "ae_depth", "stats_rows") if c is not None else ():
-    if c[key] <= 0:
-      raise DlmError(f"cosmos.{key} must be positive, got {c[key]}")
-  for key in ("mask_share", "mask_p", "latent_dropout", "self_condition") if c is not None else ():
-    if not 0.0 <= c[key] <= 1.0:
-      raise DlmError(f"cosmos.{key} must be in [0, 1], got {c[key]}")
-  if c is not None and (not 0.0 < c.noise_delta <= 1.0 or not 0.0 <= c.t_min < 1.0):
-    raise DlmError("need 0 < cosmos.noise_delta <= 1 and 0 <= cosmos.t_min < 1")
-  cc = config.get("ccdd")
-  if cc is not None:
-    if not _is_int(cc.latent_dim) or cc.latent_dim <= 0:
-      raise DlmError(f"ccdd.latent_dim must be a positive integer, got {cc.latent_dim!r}")
-    if not _is_number(cc.gamma) or not 0.0 < cc.gamma <= 2.0:
-      raise DlmError(f"ccdd.gamma must be in (0, 2] (GIDD's process is valid only there), got "
-                     f"{cc.gamma!r}")
-    if not _is_number(cc.p_uniform) or not 0.0 <= cc.p_uniform < 1.0:
-      raise DlmError(f"ccdd.p_uniform must be in [0, 1), got {cc.p_uniform!r}")
-  a = config.get("any_order")
-  if a is not None:
-    if not 0.0 < a.min_rate <= a.max_rate <= 1.0:
-      raise DlmError(f"any_order rates need 0 < min_rate <= max_rate <= 1, got "
-                     f"[{a.min_rate}, {a.max_rate}]")
-    from dlm.models.any_order import ORDERS  # pylint: disable=g-import-not-at-top
-
-    if a.order not in ORDERS:
-      raise DlmError(f"any_order.order must be one of {ORDERS}, got {a.order!r}")
-  j = config.joint
-  if j.noising not in ("trajectory", "random") or not isinstance(j.unrolls, int) or j.unrolls < 1:
-    raise DlmError(f"joint.noising must be 'trajectory' or 'random' and joint.unrolls >= 1, got "
-                   f"{j.noising!r} and {j.unrolls!r}")
-  if m.family == "joint_head" and (not t.init_from or t.init_into.strip("/") != "base"):
-    raise DlmError("model.family='joint_head' trains a head on a frozen base: set "
-                   "train.init_from to the base's workdir and train.init_into='base' "
-                   "(configs/joint_head.py does)")
-  if not isinstance(m.lora_rank, int) or isinstance(m.lora_rank, bool) or m.lora_rank < 0:
-    raise DlmError(f"model.lora_rank must be a non-negative integer, got {m.lora_rank!r}")
-  if m.lora_rank and m.lora_alpha <= 0:
-    raise DlmError(f"model.lora_alpha must be positive, got {m.lora_alpha!r}")
-  if config.diffusion.loss_norm not in ("token", "response"):
-    raise DlmError(f"diffusion.loss_norm must be 'token' or 'response', got "
-                   f"{config.diffusion.loss_norm!r}")
-  if config.diffusion.schedule not in KINDS:
-    raise DlmError(f"unknown diffusion.schedule {config.diffusion.schedule!r}; "
-                   f"expected one of {KINDS}")
+  _check_data(config.data)
+  _check_train(config.train)
+  _check_model(config.model)
+  for name, cls in registry.sections().items():
+    if name in config:
+      options(cls, config[name])
+  family = registry.get(config.model.family)
+  if family.check is not None:
+    family.check(config)
   return config
 
 
@@ -432,6 +357,25 @@ def from_file(path: str, **overrides) -> ConfigDict:
       parent = parent[h]
     parent[last] = value  # raises on an unknown key, as the command line does
   return validate(config)
+
+
+def adopt(config: ConfigDict, stored, keys) -> None:
+  """Copies `keys` ('section.key' or a whole 'section') from another run's stored config into
+  `config` (a stage adopting its predecessor's settings; keys the stored config lacks keep
+  their value here)."""
+  stored = stored.to_dict() if isinstance(stored, ConfigDict) else stored
+  for key in keys:
+    *parents, last = key.split(".")
+    source, target = stored, config
+    for name in parents:
+      source, target = source.get(name, {}), target[name]
+    if last not in source:
+      continue
+    value = source[last]
+    if isinstance(value, dict):
+      target[last].update({k: v for k, v in value.items() if k in target[last]})
+    else:
+      target[last] = value
 
 
 def from_stored(stored: dict) -> ConfigDict:

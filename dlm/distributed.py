@@ -142,3 +142,9 @@ def initialize(coordinator_address: str = "", num_processes: int = 0,
 def is_main() -> bool:
   """Whether this process writes logs, metrics and printed results (process 0)."""
   return jax.process_index() == 0
+
+
+def say(message: str) -> None:
+  """A progress or notice line on stderr, from process 0 only."""
+  if is_main():
+    print(message, file=sys.stderr)

@@ -14,7 +14,6 @@ Every family is sampled with its own samplers (default: the family's first).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -25,11 +24,14 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from dlm import cli, samplers
+from dlm import api, cli, samplers, textmetrics
 from dlm.data import inputs, pipeline
 from dlm.errors import DlmError
+from dlm.models import encoders
+from dlm.processes import nonsim
 from dlm.samplers import text as sample_text
 from dlm.train import loop
+from dlm.train import restore
 from dlm.train import step as step_lib
 
 LN2 = math.log(2.0)
@@ -71,22 +73,20 @@ def validation_pairs(config, n: int, offset: int = 0) -> list[tuple[str, str]]:
   return inputs.open_pairs(config.data, config.data.eval_split)[offset:offset + n]
 
 
-def pair_bleu(model, tokenizer, config, cfg: samplers.SamplerConfig, pairs, *, seed: int = 0,
+def pair_bleu(model, tokenizer, config, sampling: samplers.SamplerConfig, pairs, *, seed: int = 0,
               batch_size: int = 64, mesh=None, times=None) -> dict:
   """Generates a target for every source and scores the corpus BLEU against the references."""
-  from dlm import textmetrics  # pylint: disable=g-import-not-at-top
-
-  family = samplers.family_of(model)
+  family = model.family
   rows = [sample_text.canvas_template(tokenizer, family, length=config.data.seq_len, source=src,
                                       source_len=config.data.source_len)
           for src, _ in pairs]
   start = time.perf_counter()
-  out = sample_text.fill(model, tokenizer, cfg, rows, seed=seed, batch_size=batch_size,
+  out = sample_text.fill(model, tokenizer, sampling, rows, seed=seed, batch_size=batch_size,
                          mesh=mesh, times=times)
   wall = time.perf_counter() - start
   hyps = [r["generated"].strip() for r in out]
   return {"bleu": textmetrics.bleu(hyps, [tgt for _, tgt in pairs]), "pairs": len(pairs),
-          "sampler": cfg.name, "steps": cfg.steps, "wall_s": wall,
+          "sampler": sampling.name, "steps": sampling.steps, "wall_s": wall,
           "mean_nfe": float(np.mean([r["nfe"] for r in out])),
           "examples": [{"source": src[:200], "reference": tgt, "generated": h}
                        for (src, tgt), h in zip(pairs[:3], hyps[:3])]}
@@ -136,8 +136,6 @@ def mauve_score(p_texts, q_texts, seed: int = 0) -> float:
   """MAUVE between two sets of texts on mean-pooled MiniLM features."""
   import mauve  # pylint: disable=g-import-not-at-top
 
-  from dlm.models import encoders  # pylint: disable=g-import-not-at-top
-
   encoder, info = encoders.load_encoder(encoders.default_model_dir())
   hf_tok = encoders.load_tokenizer(info.tokenizer_path)
   p = encoders.sentence_embeddings(encoder, hf_tok, list(p_texts))
@@ -162,7 +160,7 @@ def validation_rows(config, tokenizer, mesh, n: int) -> list[np.ndarray]:
   return rows
 
 
-def infill_accuracy(model, tokenizer, rows, cfg: samplers.SamplerConfig, span: int,
+def infill_accuracy(model, tokenizer, rows, sampling: samplers.SamplerConfig, span: int,
                     seed: int = 0) -> dict:
   """Masks the middle `span` tokens of every row, fills them, and counts exact matches."""
   tokens = np.stack(rows)
@@ -172,7 +170,7 @@ def infill_accuracy(model, tokenizer, rows, cfg: samplers.SamplerConfig, span: i
   given[:, start:start + span] = False
   canvas = samplers.Canvas(jnp.asarray(np.where(given, tokens, tokenizer.mask_id)),
                            jnp.asarray(given))
-  out = jax.device_get(samplers.generate(model, cfg, jax.random.PRNGKey(seed), canvas))
+  out = jax.device_get(samplers.generate(model, sampling, jax.random.PRNGKey(seed), canvas))
   filled = out.tokens[:, start:start + span]
   assert (out.tokens[given] == tokens[given]).all()  # given tokens never change
   return {"infill_accuracy": float((filled == tokens[:, start:start + span]).mean()),
@@ -183,29 +181,30 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
              sampler: samplers.SamplerConfig | None = None, num_samples: int = 0,
              mauve: bool = False, infill_rows: int = 0, infill_span: int = 16,
              num_pairs: int = 0, times=None, seed: int = 0, eval_batches: int = 0) -> dict:
-  peek = loop.read_config(workdir)  # the mesh must split both the samples and eval batches
+  peek = restore.read_config(workdir)  # the mesh must split both the samples and eval batches
   mesh = sample_text.data_mesh(math.gcd(num_samples or peek.train.batch_size,
                                         peek.train.batch_size))
-  config, tokenizer, model, step = loop.restore_for_sampling(workdir, which, mesh=mesh)
+  run = api.load(workdir, params=which, mesh=mesh)
+  config, tokenizer, model, step = run.config, run.tokenizer, run.model, run.step
   result = {"workdir": workdir, "step": step, "family": config.model.family, "params": which}
   judge = None
   if judge_workdir:
-    j_config, j_tok, judge, j_step = loop.restore_for_sampling(judge_workdir, "params",
-                                                               mesh=mesh)
-    if j_config.model.family != "autoregressive":
-      raise DlmError(f"the judge {judge_workdir!r} holds a {j_config.model.family!r} model; "
+    judge_run = api.load(judge_workdir, params="params", mesh=mesh)
+    judge = judge_run.model
+    if judge_run.family != "autoregressive":
+      raise DlmError(f"the judge {judge_workdir!r} holds a {judge_run.family!r} model; "
                      "it must be autoregressive")
-    if j_tok.fingerprint != tokenizer.fingerprint:
+    if judge_run.tokenizer.fingerprint != tokenizer.fingerprint:
       raise DlmError(f"tokenizer mismatch between judge {judge_workdir!r} (vocabulary "
-                     f"{j_tok.vocab_size}) and model {workdir!r} (vocabulary "
+                     f"{judge_run.tokenizer.vocab_size}) and model {workdir!r} (vocabulary "
                      f"{tokenizer.vocab_size})")
-    result["judge"] = {"workdir": judge_workdir, "step": j_step}
+    result["judge"] = {"workdir": judge_workdir, "step": judge_run.step}
   result["validation"] = validation_bound(config, tokenizer, model, mesh, eval_batches)
   family = config.model.family
   sampler = sampler or samplers.SamplerConfig()
   if not sampler.name:
     sampler = dataclasses.replace(sampler, name=samplers.default_sampler(family))
-  pairs = bool(config.data.get("source_feature", ""))
+  pairs = bool(config.data.source_feature)
   if num_pairs and not pairs:
     raise DlmError(f"--num_pairs needs a model trained on pairs; {workdir!r} was trained on "
                    f"unconditional text ({config.data.dataset})")
@@ -243,60 +242,40 @@ FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Checkpoint directory to evaluate.")
+  cli.define_workdir_flags("Checkpoint directory to evaluate.", step=False)
+  cli.define_sampling_flags("Sampler for samples, pairs and infilling (default: the family's "
+                            "first).")
   flags.DEFINE_string("judge_workdir", None, "Autoregressive checkpoint scoring the samples.")
-  flags.DEFINE_enum("params", "ema", ["ema", "params"], "EMA or raw parameters.")
-  flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")
-  flags.DEFINE_string("sampler", None, "Sampler for samples, pairs and infilling (default: the "
-                      "family's first).")
-  flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU (0: none).")
-  flags.DEFINE_string("schedule", None, "JSON extrinsic time schedule (dlm.neodiff_schedule).")
-  flags.DEFINE_integer("steps", 128, "Sampling steps.")
-  flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-  flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
-  flags.DEFINE_integer("infill_rows", 0, "Validation rows for infilling accuracy (0: skip).")
-  flags.DEFINE_integer("infill_span", 16, "Masked span length for infilling accuracy.")
   flags.DEFINE_integer("eval_batches", 0, "Validation batches for the bound (0: the whole "
                        "split).")
-  flags.DEFINE_integer("seed", 0, "Random seed.")
-  flags.DEFINE_string("output", None, "Also write the JSON here.")
+  flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")
+  flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
+  flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU (0: none).")
+  flags.DEFINE_integer("infill_rows", 0, "Validation rows for infilling accuracy (0: skip).")
+  flags.DEFINE_integer("infill_span", 16, "Masked span length for infilling accuracy.")
+  cli.define_output_flag("Also write the JSON here.")
 
 
-def main(argv):
-  del argv
-  with cli.user_errors():
-    if not FLAGS.workdir:
-      raise DlmError("--workdir is required")
-    cfg = samplers.SamplerConfig(name=FLAGS.sampler or "", steps=FLAGS.steps,
-                                 temperature=FLAGS.temperature)
-    if FLAGS.sampler and cfg.name not in samplers.SAMPLERS:
-      raise DlmError(f"unknown sampler {cfg.name!r}; choose one of "
-                     f"{', '.join(samplers.SAMPLERS)}")
-    for name in ("eval_batches", "num_samples", "num_pairs", "infill_rows"):
-      if FLAGS[name].value < 0:
-        raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
-    if FLAGS.steps <= 0 or FLAGS.infill_span <= 0:
-      raise DlmError("--steps and --infill_span must be positive")
-    if FLAGS.output and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.output))):
-      raise DlmError(f"--output={FLAGS.output!r}: its directory does not exist")
-    times = None
-    if FLAGS.schedule:
-      from dlm.processes import nonsim  # pylint: disable=g-import-not-at-top
-
-      times = nonsim.load_schedule(FLAGS.schedule)
-    with cli.stdout_to_stderr():
-      result = evaluate(FLAGS.workdir, judge_workdir=FLAGS.judge_workdir, which=FLAGS.params,
-                        sampler=cfg, num_samples=FLAGS.num_samples, mauve=FLAGS.mauve,
-                        infill_rows=FLAGS.infill_rows, infill_span=FLAGS.infill_span,
-                        num_pairs=FLAGS.num_pairs, times=times, seed=FLAGS.seed,
-                        eval_batches=FLAGS.eval_batches)
-  line = json.dumps(result)
-  print(line)
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      f.write(line + "\n")
+def _evaluate_flags(workdir: str) -> dict:
+  options = cli.sampling_options()
+  if FLAGS.sampler:
+    samplers.registered(FLAGS.sampler)  # a DlmError naming the known samplers
+  for name in ("eval_batches", "num_samples", "num_pairs", "infill_rows"):
+    if FLAGS[name].value < 0:
+      raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
+  if FLAGS.infill_span <= 0:
+    raise DlmError("--infill_span must be positive")
+  if FLAGS.output and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.output))):
+    raise DlmError(f"--output={FLAGS.output!r}: its directory does not exist")
+  return evaluate(workdir, judge_workdir=FLAGS.judge_workdir, which=FLAGS.params,
+                  sampler=samplers.SamplerConfig(name=FLAGS.sampler or "", **options),
+                  num_samples=FLAGS.num_samples, mauve=FLAGS.mauve,
+                  infill_rows=FLAGS.infill_rows, infill_span=FLAGS.infill_span,
+                  num_pairs=FLAGS.num_pairs,
+                  times=nonsim.load_schedule(FLAGS.schedule) if FLAGS.schedule else None,
+                  seed=FLAGS.seed, eval_batches=FLAGS.eval_batches)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.json_command(_evaluate_flags, write_output=True), flags_parser=cli.parse_flags)

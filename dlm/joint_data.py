@@ -13,7 +13,6 @@ which `data.dataset='jsonl:DIR/{split}.jsonl'` with `data.pretokenized=True` rea
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from absl import app, flags
 from dlm import cli, samplers
 from dlm.errors import DlmError
 from dlm.samplers.core import SamplerConfig, blank_canvas
-from dlm.train import loop
+from dlm.train import restore
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("base", None, "the base masked model's workdir")
@@ -43,9 +42,9 @@ def trajectories(model, rows: int, length: int, batch: int, seed: int):
     raise DlmError(f"need positive rows, length and batch, got {rows}, {length}, {batch}")
   if model.family != "masked":
     raise DlmError(f"trajectories come from a masked base model, not {model.family!r}")
-  cfg = SamplerConfig(name="entropy", steps=length, temperature=1.0)
+  sampling = SamplerConfig(name="entropy", steps=length, temperature=1.0)
   canvas = blank_canvas(batch, length, model.process.mask_id)
-  fn = samplers.compiled(model, cfg, jax.random.PRNGKey(seed), canvas)
+  fn = samplers.compiled(model, sampling, jax.random.PRNGKey(seed), canvas)
   tokens, order = [], []
   for i in range(-(-rows // batch)):
     out = jax.device_get(fn(jax.random.fold_in(jax.random.PRNGKey(seed), i)))
@@ -65,7 +64,7 @@ def main(argv):
   with cli.user_errors():
     if not FLAGS.base or not FLAGS.out:
       raise DlmError("--base (a workdir) and --out (a directory) are required")
-    config, tokenizer, model, step = loop.restore_for_sampling(FLAGS.base)
+    config, tokenizer, model, step = restore.load(FLAGS.base)
     length = FLAGS.length or config.data.seq_len
     os.makedirs(FLAGS.out, exist_ok=True)
     start = time.perf_counter()

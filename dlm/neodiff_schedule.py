@@ -15,13 +15,15 @@ numbers on other pairs (`bench/summarize_table.py` uses the pairs after these).
 
 from __future__ import annotations
 
-import json
 import os
 
 from absl import app, flags
 
-from dlm import cli, samplers
+from dlm import cli, evaluate, samplers
 from dlm.errors import DlmError
+from dlm.processes import nonsim
+from dlm.samplers import text as sample_text
+from dlm.train import restore
 
 FLAGS = flags.FLAGS
 
@@ -30,25 +32,20 @@ def optimise(workdir: str, steps: int, *, num_pairs: int = 64, init_points: int 
              iterations: int = 30, seed: int = 0, output: str | None = None) -> dict:
   from bayes_opt import BayesianOptimization  # pylint: disable=g-import-not-at-top
 
-  from dlm import evaluate  # pylint: disable=g-import-not-at-top
-  from dlm.processes import nonsim  # pylint: disable=g-import-not-at-top
-  from dlm.samplers import text as sample_text  # pylint: disable=g-import-not-at-top
-  from dlm.train import loop  # pylint: disable=g-import-not-at-top
-
-  config = loop.read_config(workdir)
+  config = restore.read_config(workdir)
   if config.model.family != "neodiff":
     raise DlmError(f"{workdir!r} holds a {config.model.family!r} model; the schedule search "
                    "is for NeoDiff models")
-  if not config.data.get("source_feature", ""):
+  if not config.data.source_feature:
     raise DlmError(f"{workdir!r} was trained on unconditional text; the schedule is optimised "
                    "on validation BLEU of a pair task")
   pairs = evaluate.validation_pairs(config, num_pairs)
   mesh = sample_text.data_mesh(len(pairs))
-  config, tokenizer, model, step = loop.restore_for_sampling(workdir, mesh=mesh)
-  cfg = samplers.SamplerConfig(name="neodiff", steps=steps)
+  config, tokenizer, model, step = restore.load(workdir, mesh=mesh)
+  sampling = samplers.SamplerConfig(name="neodiff", steps=steps)
 
   def bleu(times) -> float:
-    return evaluate.pair_bleu(model, tokenizer, config, cfg, pairs, seed=seed,
+    return evaluate.pair_bleu(model, tokenizer, config, sampling, pairs, seed=seed,
                               batch_size=len(pairs), mesh=mesh, times=times)["bleu"]
 
   def objective(**x) -> float:
@@ -75,27 +72,22 @@ def optimise(workdir: str, steps: int, *, num_pairs: int = 64, init_points: int 
 
 
 def define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "NeoDiff checkpoint trained on a pair task.")
+  cli.define_workdir_flags("NeoDiff checkpoint trained on a pair task.", step=False,
+                           params=False)
   flags.DEFINE_integer("steps", 10, "Decoding steps K (K variables are optimised).")
   flags.DEFINE_integer("num_pairs", 64, "Validation pairs scored per evaluation.")
   flags.DEFINE_integer("init_points", 10, "Random initial points.")
   flags.DEFINE_integer("iterations", 30, "Bayesian-optimisation iterations.")
   flags.DEFINE_integer("seed", 0, "Sampling seed (the same for every evaluation).")
-  flags.DEFINE_string("output", None, "Schedule JSON (default WORKDIR/neodiff_schedule_K.json).")
+  cli.define_output_flag("Schedule JSON (default WORKDIR/neodiff_schedule_K.json).")
 
 
-def main(argv):
-  del argv
-  with cli.user_errors():
-    if not FLAGS.workdir:
-      raise DlmError("--workdir is required")
-    with cli.stdout_to_stderr():
-      result = optimise(FLAGS.workdir, FLAGS.steps, num_pairs=FLAGS.num_pairs,
-                        init_points=FLAGS.init_points, iterations=FLAGS.iterations,
-                        seed=FLAGS.seed, output=FLAGS.output)
-  print(json.dumps(result))
+def _optimise_flags(workdir: str) -> dict:
+  return optimise(workdir, FLAGS.steps, num_pairs=FLAGS.num_pairs,
+                  init_points=FLAGS.init_points, iterations=FLAGS.iterations, seed=FLAGS.seed,
+                  output=FLAGS.output)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=cli.parse_flags)
+  app.run(cli.json_command(_optimise_flags), flags_parser=cli.parse_flags)

@@ -211,7 +211,7 @@ def _jitted(model, method):
 def test_network_predictions_depend_only_on_lower_levels():
   """In the real network: changing a target's own token or a later target's changes nothing
   at that target; changing an earlier target or a known token does."""
-  logits = _jitted(_tiny_model(), "logits")
+  logits = _jitted(_tiny_model(), "denoise")
   length = 10
   x = jax.random.randint(jax.random.PRNGKey(0), (1, length), 0, 23)
   levels = jnp.asarray([[0, 3, 1, 0, 4, 2, 0, 5, 6, 0]], jnp.int32)
@@ -237,7 +237,7 @@ def test_corrupt_keeps_given_tokens_known_and_rates_in_range():
   batch = {"tokens": x, "segment_ids": seg, "given": given,
            "positions": jnp.broadcast_to(jnp.arange(length), x.shape)}
   noisy = jax.device_get(_jitted(model, "corrupt")(batch, jax.random.PRNGKey(2)))
-  targets, levels = noisy["targets"], noisy["levels"]
+  targets, levels = noisy["scored"], noisy["levels"]
   assert not targets[:, :6].any() and not targets[:, -4:].any()
   assert (levels[~targets] == 0).all()
   rate = targets.sum(1) / 30

@@ -19,6 +19,7 @@ from dlm.processes.masked import MaskedProcess
 from dlm.processes.schedules import MaskingSchedule
 from dlm.samplers import ccdd as ccdd_sampler
 from dlm.train import loop
+from dlm.train import restore
 
 import tiny_fit  # noqa: E402  (tests/)
 
@@ -153,13 +154,13 @@ def test_guidance_with_w_one_is_the_conditional_prediction():
   z = jax.random.normal(k[1], (2, 10, 8))
   t = jnp.full((2, 10), 0.5)
   seg, pos = jnp.ones((2, 10), jnp.int32), jnp.broadcast_to(jnp.arange(10), (2, 10))
-  cond, z_hat = model.forward(x, z, t, t, seg, pos)
-  got, got_z, passes = ccdd_sampler.guided_outputs(model, x, z, t, t, seg, pos, 1.0)
+  cond, z_hat = model.denoise(x, z, t, t, seg, pos)
+  got, got_z, passes = ccdd_sampler.guided_outputs(model, x, z, t, t, 1.0)
   assert passes == 1
   np.testing.assert_array_equal(np.asarray(got), np.asarray(cond))
   np.testing.assert_array_equal(np.asarray(got_z), np.asarray(z_hat))
-  un, _ = model.forward(x, jnp.zeros_like(z), t, t, seg, pos)
-  w2, _, passes = ccdd_sampler.guided_outputs(model, x, z, t, t, seg, pos, 2.0)
+  un, _ = model.denoise(x, jnp.zeros_like(z), t, t, seg, pos)
+  w2, _, passes = ccdd_sampler.guided_outputs(model, x, z, t, t, 2.0)
   assert passes == 2
   real = np.arange(V) != MASK
   np.testing.assert_allclose(np.asarray(w2)[..., real], np.asarray(2 * cond - un)[..., real],
@@ -209,7 +210,7 @@ def ccdd_run(quickstart, tmp_path_factory):
 def test_ccdd_trains_with_the_pretrained_encoder_and_samples(ccdd_run):
   workdir, result = ccdd_run
   assert np.isfinite(result["eval/bits_per_token"]) and result["eval/mse"] > 0
-  config, tokenizer, model, _ = loop.restore_for_sampling(workdir)
+  config, tokenizer, model, _ = restore.load(workdir)
   assert json.loads(config.ccdd.encoder_arch)["hidden_size"] == 384
   reference, _ = encoders.load_encoder(encoders.default_model_dir())
   np.testing.assert_array_equal(np.asarray(model.encoder.embeddings.word[...]),

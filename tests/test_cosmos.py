@@ -11,11 +11,10 @@ from flax import nnx
 
 from dlm import config as config_lib
 from dlm import sharding, samplers
-from dlm.data import inputs
 from dlm.errors import DlmError
 from dlm.models import cosmos, encoders
 from dlm.processes import gaussian
-from dlm.train import loop, pretrained
+from dlm.train import batches, loop, pretrained, restore
 
 import tiny_fit  # noqa: E402  (tests/)
 
@@ -107,8 +106,8 @@ def test_two_stage_training_and_sampling(two_stages):
   ae_dir, lat_dir, ae_result, lat_result = two_stages
   assert np.isfinite(ae_result["eval/ce"]) and ae_result["eval/mse"] > 0
   assert np.isfinite(lat_result["eval/loss"])
-  config, tokenizer, model, _ = loop.restore_for_sampling(lat_dir, which="params")
-  _, _, ae, _ = loop.restore_for_sampling(ae_dir, which="ema")
+  config, tokenizer, model, _ = restore.load(lat_dir, which="params")
+  _, _, ae, _ = restore.load(ae_dir, which="ema")
   # The frozen autoencoder is the stage-1 model, unchanged by stage 2.
   got = pretrained.flat(jax.device_get(nnx.to_pure_dict(nnx.state(model.autoencoder))))
   want = pretrained.flat(jax.device_get(nnx.to_pure_dict(nnx.state(ae))))
@@ -117,7 +116,7 @@ def test_two_stage_training_and_sampling(two_stages):
     np.testing.assert_array_equal(got[k], want[k], err_msg=k)
   # The stored statistics standardise the latents of the rows they came from.
   mesh = sharding.make_mesh((1, 1, 1), jax.devices()[:1])
-  it = inputs.train_iterator(config, tokenizer, mesh)
+  it = batches.train_batches(config, tokenizer, mesh)
   rows = [it.next_local() for _ in range(2)]
   it.close()
   z = np.concatenate([np.asarray(model.normalize(model.autoencoder.latents(
@@ -132,7 +131,7 @@ def test_two_stage_training_and_sampling(two_stages):
   with pytest.raises(DlmError, match="exactly 32 tokens"):
     samplers.generate(model, samplers.SamplerConfig(name="cosmos_sde", steps=5),
                       jax.random.PRNGKey(0), samplers.blank_canvas(2, 16, tokenizer.mask_id))
-  _, _, ae_model, _ = loop.restore_for_sampling(ae_dir)
+  _, _, ae_model, _ = restore.load(ae_dir)
   with pytest.raises(DlmError, match="does not generate text"):
     samplers.generate(ae_model, samplers.SamplerConfig(name="cosmos_sde", steps=5),
                       jax.random.PRNGKey(0), samplers.blank_canvas(2, 32, tokenizer.mask_id))
@@ -156,7 +155,7 @@ def _tiny_diffusion(depth=4, seed=0):
   net = TransformerConfig(vocab_size=V, width=16, depth=depth, heads=2,
                           time_conditioning="none")
   model = cosmos.CosmosDiffusion(ae_cfg, TINY_BERT, net, gaussian.GaussianSchedule("tan_d", d=5.0),
-                                 0.5, "", 0.05, nnx.Rngs(seed))
+                                 0.5, 0.05, nnx.Rngs(seed))
   keys = jax.random.split(jax.random.PRNGKey(seed + 1), 3)
   model.net.out[...] = jax.random.normal(keys[0], model.net.out.shape)  # non-zero x0
   model.net.sc_proj[...] = jax.random.normal(keys[1], model.net.sc_proj.shape)
@@ -195,7 +194,7 @@ def test_score_network_skips_carry_each_first_half_block_input(monkeypatch):
 
 def _record_sampling(model, monkeypatch, name, readout, steps=3):
   calls, decoded = [], []
-  x0_fn, decode_fn = cosmos.CosmosDiffusion.x0, cosmos.CosmosDiffusion.decode
+  x0_fn, decode_fn = cosmos.CosmosDiffusion.denoise, cosmos.CosmosDiffusion.decode
 
   def x0(self, z_t, t, x0_prev):
     out = x0_fn(self, z_t, t, x0_prev)
@@ -206,7 +205,7 @@ def _record_sampling(model, monkeypatch, name, readout, steps=3):
     decoded.append(np.asarray(z_norm))
     return decode_fn(self, z_norm, length)
 
-  monkeypatch.setattr(cosmos.CosmosDiffusion, "x0", x0)
+  monkeypatch.setattr(cosmos.CosmosDiffusion, "denoise", x0)
   monkeypatch.setattr(cosmos.CosmosDiffusion, "decode", decode)
   cfg = samplers.SamplerConfig(name=name, steps=steps, readout=readout)
   canvas = samplers.blank_canvas(2, L, V - 1)

@@ -19,6 +19,7 @@ from dlm import sharding
 from dlm.data import inputs, pipeline, pyextract, sources, stdlib_builder
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
+from dlm.train import batches
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -312,7 +313,7 @@ def test_epochs_are_reshuffled(quickstart, tokenizer):
 def test_global_batch_on_8_device_mesh(quickstart, tokenizer):
   assert jax.device_count() == 8
   mesh = sharding.make_mesh((2, 2, 2))
-  it = inputs.train_iterator(quickstart, tokenizer, mesh)
+  it = batches.train_batches(quickstart, tokenizer, mesh)
   batch = next(it)
   b, L = quickstart.train.batch_size, quickstart.data.seq_len
   for k in pipeline.FEATURES:

@@ -10,8 +10,8 @@ import pytest
 
 from dlm import config as config_lib
 from dlm import models, samplers, sharding
-from dlm.data import inputs
 from dlm.samplers import Canvas, SamplerConfig
+from dlm.train import batches
 from dlm.train import optimizer as optim
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
@@ -40,7 +40,7 @@ def family(request, quickstart, tokenizer):
   tx, lr = optim.optimizer(config.train)
   graphdef, state, shardings = state_lib.create(
       lambda r: models.build(config, tokenizer, r), tx, mesh, config.mesh.rules, 0)
-  it = inputs.train_iterator(config, tokenizer, mesh)
+  it = batches.train_batches(config, tokenizer, mesh)
   step = step_lib.make_train_step(graphdef, tx, lr, config.train, shardings, it.sharding)
   losses = []
   with jax.set_mesh(mesh):
@@ -82,7 +82,7 @@ def _batch(canvas, fill: int):
 def test_sampling_keeps_given_tokens(family, tokenizer):
   config, model, _ = family
   canvas = _canvas(tokenizer)
-  for name in samplers.FAMILY_SAMPLERS[config.model.family]:
+  for name in samplers.names(config.model.family):
     out = samplers.generate(model, SamplerConfig(name=name, steps=6), jax.random.PRNGKey(0),
                             canvas)
     tokens = np.asarray(out.tokens)
@@ -122,7 +122,7 @@ def test_x0_loss_is_zero_for_a_denoiser_returning_the_clean_embeddings(family, t
   batch = _batch(canvas, 700)
   clean = model.embedding(batch["tokens"])
   if config.model.family == "neodiff":
-    monkeypatch.setattr(type(model), "x0", lambda self, *a, **k: clean)
+    monkeypatch.setattr(type(model), "denoise", lambda self, *a, **k: clean)
   else:  # x0_estimate(logits) is the CDCD expectation; make it the clean embedding
     monkeypatch.setattr(type(model), "x0_estimate", lambda self, logits: clean)
   noisy = model.corrupt(batch, jax.random.PRNGKey(3))
@@ -180,6 +180,7 @@ def test_training_and_sampling_see_the_same_inputs_at_given_positions(family_nam
   from dlm.models.embedding_diffusion import EmbeddingDenoiser
   from dlm.models.neodiff import TimePredictor
   from dlm.samplers import continuous as sampler_lib
+  from dlm.samplers import neodiff as neodiff_sampler_lib
 
   model = _tiny_continuous(family_name)
   calls = {"denoiser": [], "time": []}
@@ -207,8 +208,8 @@ def test_training_and_sampling_see_the_same_inputs_at_given_positions(family_nam
     train_calls = dict(denoiser=calls["denoiser"][-1], time=calls["time"])
     calls["denoiser"], calls["time"] = [], []
     cfg = SamplerConfig(name="neodiff" if family_name == "neodiff" else "ddim", steps=2)
-    sample = (sampler_lib.neodiff_sampler if family_name == "neodiff" else
-              sampler_lib.embedding_sampler)
+    sample = (neodiff_sampler_lib.neodiff_sampler if family_name == "neodiff" else
+              sampler_lib.continuous_sampler)
     sample(model, cfg, jax.random.PRNGKey(2), Canvas(tokens, given))
   assert len(calls["denoiser"]) == 2
   for z, x0_prev, t in (train_calls["denoiser"], calls["denoiser"][1]):

@@ -389,6 +389,9 @@ def test_bad_sampling_input_and_literal_special_tokens(reference, tmp_path):
       ([f"--output={tmp_path}/missing/dir/s.jsonl"], "does not exist"),
       ([f"--html={tmp_path}"], "is a directory"),
       (["--sampler=ddpm"], "does not sample masked models"),
+      (["--steps=0"], "--steps must be positive, got 0"),
+      (["--top_p=0"], "--top_p must be in (0, 1], got 0.0"),
+      (["--grid=linear"], "--grid must be one of ('uniform', 'cosine'), got 'linear'"),
   ]
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     procs = list(pool.map(lambda case: _run(base + case[0]), cases))

@@ -16,7 +16,8 @@ from dlm.data import pipeline, pyextract
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
 from dlm.samplers import text as sample_text
-from dlm.train import loop, pretrained
+from dlm.train import loop
+from dlm.train import restore, pretrained
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -134,14 +135,14 @@ def test_prompt_is_never_masked_and_loss_is_per_response(tok):
   for seed in range(8):
     noisy = corrupt(batch, jax.random.PRNGKey(seed))
     np.testing.assert_array_equal(noisy["z"][given], batch["tokens"][given])
-    assert (noisy["t"][given] == 0).all() and not noisy["maskable"][given].any()
+    assert (noisy["t"][given] == 0).all() and not noisy["scored"][given].any()
     # Late times mask (nearly) the whole response: the prompt still never is.
     assert ((noisy["z"] == tok.mask_id) == (noisy["z"] != batch["tokens"])).all()
   noisy = corrupt(batch, jax.random.PRNGKey(3))
   objective, metrics = model.loss(noisy, train=False)
   per_token = model.process.nelbo(
-      model.process.log_prob_of(model.logits(noisy["z"], noisy["t"]), batch["tokens"]),
-      noisy["z"], noisy["t"], noisy["maskable"])
+      model.process.log_prob_of(model.denoise(noisy["z"], noisy["t"]), batch["tokens"]),
+      noisy["z"], noisy["t"], noisy["scored"])
   assert float(jnp.abs(per_token[given]).max()) == 0.0  # the prompt is never scored
   expected = sum(float(per_token[i].sum()) / int(lengths[i]) for i in range(2))
   np.testing.assert_allclose(float(objective), expected, rtol=1e-5)
@@ -183,12 +184,12 @@ def test_lora_adapters_absent_at_rank_zero_and_start_at_the_base(tok):
   nnx.update(adapted, params)
   z = jnp.asarray(np.random.default_rng(0).integers(0, tok.vocab_size - 20, (2, 12)))
   t = jnp.full((2, 12), 0.5)
-  np.testing.assert_allclose(adapted.logits(z, t), plain.logits(z, t), atol=1e-5)
+  np.testing.assert_allclose(adapted.denoise(z, t), plain.denoise(z, t), atol=1e-5)
   b = pretrained.flat(nnx.to_pure_dict(nnx.state(adapted)))["net/blocks/0/mlp/lora_b_w_in"]
   params = pretrained.unflat_like(nnx.to_pure_dict(nnx.state(adapted)),
                                   {"net/blocks/0/mlp/lora_b_w_in": np.ones_like(b)})
   nnx.update(adapted, params)
-  assert float(jnp.abs(adapted.logits(z, t) - plain.logits(z, t)).max()) > 1e-3
+  assert float(jnp.abs(adapted.denoise(z, t) - plain.denoise(z, t)).max()) > 1e-3
 
 
 TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "train.batch_size": 8,
@@ -208,10 +209,10 @@ def test_lora_retrofit_from_a_pretrained_workdir(quickstart, tmp_path):
       "train.init_from": base_dir, "train.lr": 1e-2, **TINY})
   loop.train(config, tuned_dir)
   base = pretrained.flat(jax.device_get(nnx.to_pure_dict(nnx.state(
-      loop.restore_for_sampling(base_dir)[2]))))
-  _, tuned_tok, model, _ = loop.restore_for_sampling(tuned_dir, which="params")
+      restore.load(base_dir)[2]))))
+  _, tuned_tok, model, _ = restore.load(tuned_dir, which="params")
   tuned = pretrained.flat(jax.device_get(nnx.to_pure_dict(nnx.state(model))))
-  assert tuned_tok.fingerprint == loop.restore_for_sampling(base_dir)[1].fingerprint
+  assert tuned_tok.fingerprint == restore.load(base_dir)[1].fingerprint
   for path, value in base.items():
     if path == "net/unembed_bias":
       assert not np.array_equal(tuned[path], value)

@@ -1,5 +1,6 @@
-"""ADJUST's joint-sampling head (dlm/models/joint_head.py) and samplers (dlm/samplers/joint.py):
-the head's identity start, frozen training, and the samplers against a known joint."""
+"""ADJUST's joint-sampling head (dlm/models/joint_head.py) and samplers
+(dlm/samplers/joint_head.py): the head's identity start, frozen training, and the samplers
+against a known joint."""
 
 import json
 
@@ -10,7 +11,7 @@ import pytest
 from flax import nnx
 
 from dlm import config as config_lib
-from dlm import models, samplers, sharding
+from dlm import registry, samplers, sharding
 from dlm.data import pipeline
 from dlm.errors import DlmError
 from dlm.models.joint_head import JointConfig, JointHead
@@ -18,7 +19,7 @@ from dlm.models.masked import MaskedDiffusion
 from dlm.models.transformer import TransformerConfig
 from dlm.processes.masked import MaskedProcess
 from dlm.processes.schedules import MaskingSchedule
-from dlm.samplers import joint as joint_lib
+from dlm.samplers import joint_head as joint_lib
 from dlm.samplers.core import Canvas, SamplerConfig
 from dlm.train import optimizer as optim
 from dlm.train import pretrained
@@ -57,7 +58,7 @@ def test_zero_layer_output_gives_h_prev_through_the_frozen_head(model):
 
   @nnx.jit
   def run(model, z, z2):
-    base_logits, h = model.full(z, jnp.zeros(z.shape, bool))
+    base_logits, h = model.denoise(z, jnp.zeros(z.shape, bool))
     logits, h2 = model.refine(z2, h)
     return base_logits, h, logits, h2, model.base.net.head(h)
 
@@ -173,13 +174,13 @@ class _ExactToy:
     self.table = conditional_table(seqs, p, floor=-1e9)
     self.mask_id = MASK
 
-  def full(self, z, given):
+  def denoise(self, z, given):
     del given
     logits = self.table[(z * CODES).sum(axis=1)]
     return logits.at[..., MASK].set(-jnp.inf), jnp.zeros(z.shape + (1,))
 
   def refine(self, z, h):
-    return self.full(z, None)[0], h
+    return self.denoise(z, None)[0], h
 
 
 def _chi2(samples, seqs, p):
@@ -199,8 +200,8 @@ def test_toy_joint(name, steps, joint_ok):
   seqs, p = joint(seed=1, concentration=1.0)
   model = _ExactToy(seqs, p)
   canvas = samplers.blank_canvas(20_000, LENGTH, MASK)
-  fn = jax.jit(lambda rng: joint_lib.joint(model, SamplerConfig(name=name, steps=steps), rng,
-                                           canvas))
+  sampling = SamplerConfig(name=name, steps=steps)
+  fn = jax.jit(lambda rng: joint_lib.joint_head_sampler(model, sampling, rng, canvas))
   out = fn(jax.random.PRNGKey(0))
   chi2 = _chi2(out.tokens, seqs, p)
   if joint_ok:
@@ -246,4 +247,4 @@ def test_config_errors():
     config_lib.validate(config)
   with pytest.raises(DlmError, match="joint.noising"):
     JointHead(None, JointConfig(noising="x"), nnx.Rngs(0))
-  assert "joint_head" in models.FAMILIES
+  assert "joint_head" in registry.names()

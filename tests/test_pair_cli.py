@@ -15,6 +15,7 @@ from dlm import evaluate, neodiff_schedule, samplers
 from dlm.processes import nonsim
 from dlm.samplers import text
 from dlm.train import loop
+from dlm.train import restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "model.cond_width": 16,
@@ -81,7 +82,7 @@ def test_source_on_an_unconditional_model_is_a_clear_error(quickstart, tmp_path)
              "--sampler=low_confidence")
   assert out.returncode == 2 and "does not sample continuous models" in out.stderr
   mesh = text.data_mesh(2)
-  _, tokenizer, model, _ = loop.restore_for_sampling(str(tmp_path), mesh=mesh)
+  _, tokenizer, model, _ = restore.load(str(tmp_path), mesh=mesh)
   rows = text.sample(model, tokenizer, samplers.SamplerConfig(name="ddim", steps=4),
                      num_samples=2, length=32, prompt="Return the", mesh=mesh)
   assert len(rows) == 2 and all(r["text"].startswith("Return the") for r in rows)

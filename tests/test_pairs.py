@@ -15,6 +15,7 @@ from dlm.data import __main__ as data_main
 from dlm.data import inputs, pipeline, pyextract, stdlib_builder
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
+from dlm.train import batches
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -300,7 +301,7 @@ def test_jsonl_pairs_through_the_iterators_and_inspection(tmp_path):
   val = inputs.open_pairs(cfg.data, "validation")
   assert set(val[:]) <= {(r["prompt"], r["response"]) for r in rows}
   mesh = sharding.make_mesh((2, 2, 2))
-  it = inputs.train_iterator(cfg, tok, mesh)
+  it = batches.train_batches(cfg, tok, mesh)
   batch = next(it)
   it.close()
   assert set(batch) == set(pipeline.FEATURES)

@@ -12,6 +12,7 @@ from dlm import config as config_lib
 from dlm import models
 from dlm.errors import DlmError
 from dlm.train import loop
+from dlm.train import restore
 from dlm.train import optimizer as optim
 from dlm.train import pretrained
 
@@ -30,7 +31,7 @@ def _config(quickstart, **overrides):
 
 
 def _params(workdir, which):
-  _, _, model, _ = loop.restore_for_sampling(workdir, which=which)
+  _, _, model, _ = restore.load(workdir, which=which)
   return pretrained.flat(jax.device_get(nnx.to_pure_dict(nnx.state(model))))
 
 

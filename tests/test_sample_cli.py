@@ -11,6 +11,7 @@ import pytest
 
 from dlm import config as config_lib
 from dlm.train import loop
+from dlm.train import restore
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "data.seq_len": 32,
@@ -86,7 +87,7 @@ def test_sampling_sharded_over_devices_matches_one_device(workdir):
 
   results = []
   for mesh in (sharding.make_mesh((1, 1, 1), jax.devices()[:1]), sharding.make_mesh((8, 1, 1))):
-    _, tok, model, _ = loop.restore_for_sampling(workdir, mesh=mesh)
+    _, tok, model, _ = restore.load(workdir, mesh=mesh)
     canvas = samplers.blank_canvas(8, 32, tok.mask_id)
     bs = sharding.named_sharding(mesh, ("batch", "length"), (("batch", "data"),))
     canvas = samplers.Canvas(jax.device_put(canvas.tokens, bs), jax.device_put(canvas.given, bs))
@@ -104,7 +105,7 @@ def test_samples_too_many_for_memory_are_batched(workdir, monkeypatch):
   from dlm import samplers
   from dlm.samplers import text
 
-  _, tok, model, _ = loop.restore_for_sampling(workdir, mesh=text.data_mesh(1))
+  _, tok, model, _ = restore.load(workdir, mesh=text.data_mesh(1))
   per_row = 4 * 32 * (8 * tok.vocab_size + 32 * 32) + 4 * 2 * 2 * 32 * 32
   monkeypatch.setattr(text, "_free_bytes", lambda mesh: 3 * per_row)
   assert text.auto_batch_size(model, 7, 32, tok.vocab_size, text.data_mesh(1)) == 3
@@ -116,3 +117,18 @@ def test_samples_too_many_for_memory_are_batched(workdir, monkeypatch):
                     mesh=text.data_mesh(1))
   assert len(out) == 7 and calls == [(3, 32)] * 3
   assert len({tuple(r["full_tokens"]) for r in out}) == 7
+
+
+def test_the_python_api_prints_nothing_but_what_the_caller_prints(workdir):
+  """README's example: dlm.load + dlm.generate, in a fresh interpreter."""
+  script = ("import dlm\n"
+            f"run = dlm.load({workdir!r})\n"
+            "for text in dlm.generate(run, ['Return the', 'The json'], sampler='low_confidence',\n"
+            "                         steps=4, temperature=0.0):\n"
+            "  print(repr(text))\n")
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0 and out.stderr == "", out.stderr
+  lines = out.stdout.splitlines()
+  assert len(lines) == 2 and lines[0].startswith("'Return the") and lines[1].startswith("'The json")

@@ -109,7 +109,7 @@ def test_top_k_one_equals_greedy(name):
   assert (np.asarray(hot.tokens) != np.asarray(greedy.tokens)).any()
 
 
-@pytest.mark.parametrize("name", samplers.FAMILY_SAMPLERS["masked"])
+@pytest.mark.parametrize("name", samplers.names("masked"))
 def test_semi_autoregressive_blocks_fill_in_order(name):
   denoise = _random_denoiser()
   canvas = samplers.blank_canvas(4, 24, 11)
@@ -143,7 +143,7 @@ def test_blocks_of_a_prompt_cost_no_pass(name):
   assert np.asarray(out.revealed_at).max() < 12 and np.asarray(out.revealed_at)[0, 10] >= 4
 
 
-@pytest.mark.parametrize("name", samplers.FAMILY_SAMPLERS["masked"])
+@pytest.mark.parametrize("name", samplers.names("masked"))
 def test_given_tokens_never_change(name):
   denoise = _random_denoiser()
   tokens = jnp.full((4, 24), 11, jnp.int32).at[:, :6].set(3).at[:, 15:18].set(7)

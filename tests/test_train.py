@@ -17,8 +17,8 @@ from jax.sharding import PartitionSpec as P
 
 from dlm import config as config_lib
 from dlm import models, sharding
-from dlm.data import inputs
 from dlm.errors import DlmError
+from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
 from dlm.train import loop
 from dlm.train import optimizer as optim
@@ -50,7 +50,7 @@ def _setup(config, tokenizer, mesh):
 
 
 def _local_batches(config, tokenizer, n):
-  it = inputs.train_iterator(config, tokenizer, sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
+  it = batches.train_batches(config, tokenizer, sharding.make_mesh((1, 1, 1), jax.devices()[:1]))
   out = [it.next_local() for _ in range(n)]
   it.close()
   return out

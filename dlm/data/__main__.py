@@ -17,6 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from dlm import cli
+from dlm import config as config_lib
 from dlm.data import inputs, pipeline, sources
 
 
@@ -86,26 +87,26 @@ def pair_example(pairs, tokenizer, seq_len: int, source_len: int, padding: str =
 
 
 def inspect(config) -> dict:
-  d = config.data
-  tokenizer = inputs.load_tokenizer(d)
-  if d.source_feature:
+  data = config.data
+  tokenizer = inputs.load_tokenizer(data)
+  if data.source_feature:
     return inspect_pairs(config, tokenizer)
   splits = {}
-  for split in (d.train_split, d.eval_split):
-    docs = sources.open_split(d, split)
-    splits[split] = split_stats(docs, tokenizer, check_roundtrip=split == d.eval_split)
-  eval_docs = sources.open_split(d, d.eval_split)
+  for split in (data.train_split, data.eval_split):
+    docs = sources.open_split(data, split)
+    splits[split] = split_stats(docs, tokenizer, check_roundtrip=split == data.eval_split)
+  eval_docs = sources.open_split(data, data.eval_split)
   example = eval_docs.record(0)
-  ids = tokenizer.encode(example[d.text_feature])[:64]
+  ids = tokenizer.encode(example[data.text_feature])[:64]
   total_tokens = sum(s["tokens"] for s in splits.values())
   total_bytes = sum(s["bytes"] for s in splits.values())
   return {
-      "dataset": sources.builder(d).info.full_name,
-      "source": d.dataset,
+      "dataset": sources.builder(data).info.full_name,
+      "source": data.dataset,
       "splits": splits,
       "bytes_per_token": round(total_bytes / total_tokens, 4),
       "vocab_size": tokenizer.vocab_size,
-      "tokenizer": d.tokenizer.path or inputs.bpe_cache_path(d),
+      "tokenizer": data.tokenizer.path or inputs.bpe_cache_path(data),
       "example": {
           "key": example.get("path", "0"),
           "tokens_head": [tokenizer.token(i) for i in ids[:16]],
@@ -115,26 +116,26 @@ def inspect(config) -> dict:
 
 
 def inspect_pairs(config, tokenizer) -> dict:
-  d = config.data
-  source_len = pipeline.resolve_source_len(d.seq_len, d.source_len)
+  data = config.data
+  source_len = config_lib.source_budget(data.seq_len, data.source_len)
   splits = {}
-  for split in (d.train_split, d.eval_split):
-    pairs = inputs.open_pairs(d, split)
-    splits[split] = pair_stats(pairs, tokenizer, d.seq_len, source_len,
-                               check_roundtrip=split == d.eval_split)
+  for split in (data.train_split, data.eval_split):
+    pairs = inputs.open_pairs(data, split)
+    splits[split] = pair_stats(pairs, tokenizer, data.seq_len, source_len,
+                               check_roundtrip=split == data.eval_split)
   total_tokens = sum(s["tokens"] for s in splits.values())
   total_bytes = sum(s["bytes"] for s in splits.values())
   return {
-      "dataset": sources.builder(d).info.full_name,
-      "source": d.dataset,
-      "pairs": {"source_feature": d.source_feature, "target_feature": d.target_feature,
-                "seq_len": d.seq_len, "source_len": source_len},
+      "dataset": sources.builder(data).info.full_name,
+      "source": data.dataset,
+      "pairs": {"source_feature": data.source_feature, "target_feature": data.target_feature,
+                "seq_len": data.seq_len, "source_len": source_len},
       "splits": splits,
       "bytes_per_token": round(total_bytes / total_tokens, 4),
       "vocab_size": tokenizer.vocab_size,
-      "tokenizer": d.tokenizer.path or inputs.bpe_cache_path(d),
-      "example": pair_example(inputs.open_pairs(d, d.eval_split), tokenizer, d.seq_len,
-                              source_len, d.response_padding),
+      "tokenizer": data.tokenizer.path or inputs.bpe_cache_path(data),
+      "example": pair_example(inputs.open_pairs(data, data.eval_split), tokenizer, data.seq_len,
+                              source_len, data.response_padding),
   }
 
 

@@ -26,19 +26,21 @@ sampling canvas, the mask token everywhere else. Rainbow padding (`data.response
 tokenizer's reserved pads cycling, `[bos] source [eos] target [eos] pad_0 pad_1 .. pad_{K-1}
 pad_0 ..`: every pad position is still a real token to predict.
 
-Documents are sharded before anything else: process `i` of `n` reads documents `i, i+n, ...`;
-training shuffles them with `data.seed`, anew each epoch. The iterator's state (a small dict)
-saves and restores the exact position in the stream.
+Documents are sharded before anything else: process (or stream) `i` of `n` reads documents
+`i, i+n, ...`; training shuffles them with `data.seed`, anew each epoch. A grain iterator's
+state (a small dict) saves and restores the exact position in the stream.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import grain
 import jax
 import numpy as np
 
+from dlm import config as config_lib
 from dlm import sharding
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
@@ -108,8 +110,6 @@ class _IdRows(grain.transforms.Map):
     self._pad_id = pad_id
 
   def map(self, text: str) -> dict[str, np.ndarray]:
-    import json  # pylint: disable=g-import-not-at-top
-
     try:
       record = json.loads(text)
       tokens = np.asarray(record["tokens"], np.int32)
@@ -137,27 +137,10 @@ class _IdRows(grain.transforms.Map):
 # Conditional (source -> target) rows -------------------------------------------------------
 
 
-def resolve_source_len(seq_len: int, source_len: int) -> int:
-  """The source budget in tokens (`source_len`, 0 = `seq_len // 2`); checks a target fits."""
-  check_seq_len(seq_len)
-  if not isinstance(source_len, int) or isinstance(source_len, bool) or source_len < 0:
-    raise DlmError(f"data.source_len must be a non-negative integer, got {source_len!r}")
-  n = source_len or seq_len // 2
-  if n < 1 or n + 3 > seq_len:
-    raise DlmError(
-        f"data.source_len={n} leaves no room for a target in data.seq_len={seq_len}: a row "
-        "holds bos, the source, eos, at least one target token and its eos"
-    )
-  return n
-
-
 def _pair_prefix(tokenizer: Tokenizer, source_ids: np.ndarray, source_len: int) -> np.ndarray:
   """`[bos] source[:source_len] [eos]`: the given part of a pair row."""
   return np.concatenate([[tokenizer.bos_id], source_ids[:source_len],
                          [tokenizer.eos_id]]).astype(np.int32)
-
-
-PADDINGS = ("eos", "rainbow")
 
 
 def response_padding_ids(tokenizer: Tokenizer, padding: str, length: int) -> np.ndarray:
@@ -171,7 +154,7 @@ def response_padding_ids(tokenizer: Tokenizer, padding: str, length: int) -> np.
       raise DlmError("rainbow padding needs reserved pad tokens: set "
                      "data.tokenizer.num_reserved_pads >= 1")
     return pads[np.arange(length) % len(pads)]
-  raise DlmError(f"data.response_padding must be one of {PADDINGS}, got {padding!r}")
+  raise DlmError(f"data.response_padding must be one of {config_lib.PADDINGS}, got {padding!r}")
 
 
 def pair_row(tokenizer: Tokenizer, source_ids: np.ndarray, target_ids: np.ndarray, *,
@@ -200,7 +183,7 @@ def pair_prompt(tokenizer: Tokenizer, source_text: str, seq_len: int,
   The same `[bos] source [eos]` prefix as the training row (`source_len` 0 = `seq_len // 2`),
   then `mask` on every position that is not given: a sampler fills those.
   """
-  source_len = resolve_source_len(seq_len, source_len)
+  source_len = config_lib.source_budget(seq_len, source_len)
   prefix = _pair_prefix(tokenizer, tokenizer.encode(source_text), source_len)
   tokens = np.full((seq_len,), tokenizer.mask_id, np.int32)
   tokens[:len(prefix)] = prefix
@@ -277,7 +260,7 @@ def dataset(
   """
   check_seq_len(seq_len)
   if pairs:
-    source_len = resolve_source_len(seq_len, source_len)
+    source_len = config_lib.source_budget(seq_len, source_len)
     response_padding_ids(tokenizer, response_padding, 0)  # checks the scheme
   if packing not in ("concat", "pad"):
     raise DlmError(f"data.packing must be 'concat' or 'pad', got {packing!r}")
@@ -314,14 +297,11 @@ def dataset(
 
 
 class BatchIterator:
-  """Global batches: each process's rows become one `jax.Array` sharded over the batch axes.
-
-  `get_state()` / `set_state()` save and restore the position in the stream (a dict that
-  Orbax stores next to the train state).
-  """
+  """Global batches of one pass over a split (evaluation): each process's rows become one
+  `jax.Array` sharded over the batch axes. (Training batches, whose position checkpoints save,
+  are dlm/train/batches.py's.)"""
 
   def __init__(self, ds: grain.IterDataset, global_sharding: jax.sharding.NamedSharding):
-    self._ds = ds
     self._it = iter(ds)
     self.sharding = global_sharding
 
@@ -338,22 +318,12 @@ class BatchIterator:
         k: jax.make_array_from_process_local_data(self.sharding, v) for k, v in local.items()
     }
 
-  def get_state(self) -> dict[str, Any]:
-    return self._it.get_state()
-
-  def set_state(self, state: dict[str, Any]) -> None:
-    self._it.set_state(state)
-
   def close(self) -> None:
     """Stops background prefetching (call before exit)."""
     close = getattr(self._it, "close", None)
     if close is not None:
       close()
     self._it = None  # collected now, not during interpreter shutdown
-
-  @property
-  def grain_iterator(self):
-    return self._it
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, rules) -> jax.sharding.NamedSharding:

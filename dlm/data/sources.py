@@ -21,7 +21,9 @@ import sys
 from typing import Any, Sequence
 
 import filelock
+import jax
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from dlm.data import local_builder
 from dlm.data import stdlib_builder  # noqa: F401  (registers python_stdlib with TFDS)
@@ -49,7 +51,8 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
     except ValueError as e:  # unknown config or version of a known dataset
       raise DlmError(f"unknown dataset {spec!r}: {str(e).splitlines()[0]}") from None
     except Exception as e:  # pylint: disable=broad-except  (no network for a hub dataset, ...)
-      hub = " (fetched from the Hugging Face hub: is there network?)" if "huggingface" in rest else ""
+      hub = (" (fetched from the Hugging Face hub: is there network?)"
+             if "huggingface" in rest else "")
       raise DlmError(f"cannot open dataset {spec!r}{hub}: {one_line(e)}") from None
   if scheme in ("text", "jsonl"):
     config = local_builder.make_config(
@@ -68,12 +71,8 @@ def prepare(cfg) -> tfds.core.DatasetBuilder:
   Multi-host: process 0 prepares, the others wait for it. Processes that share a data directory
   but not a run (two jobs, parallel test workers) take turns through a file lock next to the
   dataset, so none reads or renames a half-built one."""
-  import jax  # pylint: disable=g-import-not-at-top
-
   b = builder(cfg)
   if jax.process_count() > 1:  # every process reaches the barrier, prepared or not
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
     if jax.process_index() == 0 and not b.is_prepared():
       _prepare_locked(b)
     multihost_utils.sync_global_devices(f"dlm-prepare-{b.info.full_name}")
@@ -121,11 +120,13 @@ def _quiet():
 
 
 @dataclasses.dataclass
-class Documents(Sequence[str]):
-  """The texts of one split, random access (a thin view over a TFDS array_record source)."""
+class Documents(Sequence):
+  """The texts of one split, random access (a thin view over a TFDS array_record source):
+  each item the text of `feature`, or with several features (a pair's source and target) the
+  tuple of their texts."""
 
   source: Any
-  feature: str
+  feature: str | tuple[str, ...]
   name: str
 
   def __len__(self) -> int:
@@ -136,7 +137,10 @@ class Documents(Sequence[str]):
       return [self[i] for i in range(*index.indices(len(self)))]
     if not -len(self) <= index < len(self):
       raise IndexError(f"document {index} of {len(self)}")
-    return self.source[index % len(self)][self.feature].decode("utf-8")
+    example = self.source[index % len(self)]
+    if isinstance(self.feature, str):
+      return example[self.feature].decode("utf-8")
+    return tuple(example[f].decode("utf-8") for f in self.feature)
 
   def __iter__(self):
     return (self[i] for i in range(len(self)))
@@ -147,16 +151,17 @@ class Documents(Sequence[str]):
             for k, v in self.source[index].items()}
 
 
-def open_split(cfg, split: str, *, feature: str | None = None) -> Documents:
-  """Prepares the dataset if needed and returns one split's documents."""
+def open_split(cfg, split: str, *, feature: str | tuple[str, ...] | None = None,
+               keys: tuple[str, ...] = ("text_feature",)) -> Documents:
+  """Prepares the dataset if needed and returns one split's documents (of `feature`, default
+  `data.text_feature`; `keys` name the config keys that chose the features, for errors)."""
   b = prepare(cfg)
   feature = feature or cfg.text_feature
   features = b.info.features
-  if feature not in features:
-    raise DlmError(
-        f"dataset {cfg.dataset!r} has no feature {feature!r} (features: {sorted(features)}); "
-        "set data.text_feature"
-    )
+  for name, key in zip((feature,) if isinstance(feature, str) else feature, keys):
+    if name not in features:
+      raise DlmError(f"dataset {cfg.dataset!r} has no feature {name!r} (features: "
+                     f"{sorted(features)}); set data.{key}")
   base = split.split("[")[0]
   if base not in b.info.splits:
     files = getattr(b.builder_config, "files", {})

@@ -43,17 +43,33 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dlm.models.embedding_diffusion import given_mask
+from dlm import config as config_lib
+from dlm import registry
+from dlm.errors import DlmError
+from dlm.models import transformer
+from dlm.models.family import layout, scored_mask
 from dlm.models.transformer import Transformer, TransformerConfig
+from dlm.processes import time as time_lib
 
 ORDERS = ("left_to_right", "random")
 
 
 @dataclasses.dataclass(frozen=True)
 class AnyOrderConfig:
-  min_rate: float = 0.85  # masking rate range of training (paper: final [0.85, 0.99])
+  """Config section `any_order`. Training masking rate: each row draws r (stratified over the
+  batch) in [min_rate, max_rate] and round(r * n) of its n maskable tokens become targets (the
+  paper's final range; its warm-up from 0.15 is for fine-tuning XLNet and is not done here)."""
+
+  min_rate: float = 0.85
   max_rate: float = 0.99
-  order: str = "left_to_right"  # order of the targets: 'left_to_right' | 'random'
+  order: str = "left_to_right"  # the targets' order: 'left_to_right' | 'random' (any order)
+
+  def __post_init__(self):
+    if not 0.0 < self.min_rate <= self.max_rate <= 1.0:
+      raise DlmError(f"any_order rates need 0 < min_rate <= max_rate <= 1, got "
+                     f"[{self.min_rate}, {self.max_rate}]")
+    if self.order not in ORDERS:
+      raise DlmError(f"any_order.order must be one of {ORDERS}, got {self.order!r}")
 
 
 def two_stream_mask(levels: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -84,26 +100,23 @@ def target_levels(targets: jax.Array, order_key: jax.Array) -> jax.Array:
 
 class AnyOrderAR(nnx.Module):
   """AS-ARM on the shared backbone (no time input: `time_conditioning="none"`, as the
-  autoregressive family). `logits(tokens, levels)` is the query stream's output."""
+  autoregressive family). `denoise(tokens, levels)` is the query stream's output."""
   family = "any_order"
 
-  def __init__(self, net_cfg: TransformerConfig, cfg: AnyOrderConfig, mask_id: int,
+  def __init__(self, net_cfg: TransformerConfig, options: AnyOrderConfig, mask_id: int,
                rngs: nnx.Rngs):
     self.net = Transformer(dataclasses.replace(net_cfg, time_conditioning="none"), rngs)
-    self.cfg = cfg
+    self.options = options
     self.mask_id = mask_id
 
-  def logits(self, tokens, levels, segment_ids=None, positions=None, *, rng=None):
+  def denoise(self, tokens, levels, segment_ids=None, positions=None, *, rng=None):
     """Logits (batch, L, vocab): at each position of level r >= 1, the prediction of its token
     from the tokens at positions of level < r (their ids in `tokens`); rows of level 0 are
     returned too but mean nothing."""
     chex.assert_rank(tokens, 2)
     chex.assert_equal_shape((tokens, levels))
-    batch, length = tokens.shape
-    if segment_ids is None:
-      segment_ids = jnp.ones((batch, length), jnp.int32)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    length = tokens.shape[1]
+    segment_ids, positions = layout(tokens.shape, segment_ids, positions)
     query = jnp.full_like(tokens, self.mask_id)
     both = lambda a, b: jnp.concatenate([a, b], axis=1)  # noqa: E731
     logits = self.net(both(tokens, query), None, both(segment_ids, segment_ids),
@@ -117,28 +130,36 @@ class AnyOrderAR(nnx.Module):
     random; ordered left to right (or at random). Given tokens and padding stay known."""
     x = batch["tokens"]
     rows, length = x.shape
-    maskable = (batch["segment_ids"] > 0) & ~given_mask(batch)
+    maskable = scored_mask(batch)
     rng_rate, rng_perm, rng_pick, rng_order = jax.random.split(rng, 4)
-    lo, hi = self.cfg.min_rate, self.cfg.max_rate
-    u = jax.random.uniform(rng_rate, ())
-    rate = lo + (hi - lo) * (jnp.arange(rows) + u) / rows  # stratified over the batch
+    lo, hi = self.options.min_rate, self.options.max_rate
+    rate = lo + (hi - lo) * time_lib.sample_times(rng_rate, rows)  # stratified over the batch
     rate = jax.random.permutation(rng_perm, rate)
     count = jnp.round(rate * maskable.sum(axis=1)).astype(jnp.int32)
     noise = jnp.where(maskable, jax.random.uniform(rng_pick, x.shape), 2.0)
     pick_rank = jnp.argsort(jnp.argsort(noise, axis=1), axis=1)
-    targets = maskable & (pick_rank < count[:, None])
-    if self.cfg.order == "random":
+    scored = maskable & (pick_rank < count[:, None])
+    if self.options.order == "random":
       key = jax.random.uniform(rng_order, x.shape)
     else:
       key = jnp.broadcast_to(jnp.arange(length, dtype=jnp.float32), x.shape)
-    return {**batch, "levels": target_levels(targets, key), "targets": targets}
+    return {**batch, "levels": target_levels(scored, key), "scored": scored}
 
   def loss(self, noisy, *, rng=None, train: bool = True):
     """Sum of the targets' cross-entropy -log p(x_i | known, earlier targets) (nats)."""
-    x, targets = noisy["tokens"], noisy["targets"]
-    logits = self.logits(x, noisy["levels"], noisy["segment_ids"], noisy["positions"],
-                         rng=rng if train else None)
+    x, scored = noisy["tokens"], noisy["scored"]
+    logits = self.denoise(x, noisy["levels"], noisy["segment_ids"], noisy["positions"],
+                          rng=rng if train else None)
     picked = jnp.take_along_axis(logits, x[..., None], axis=-1)[..., 0]
-    ce = jnp.where(targets, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
+    ce = jnp.where(scored, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
     total = ce.sum()
-    return total, {"loss": total, "tokens": targets.sum()}
+    return total, {"loss": total, "tokens": scored.sum()}
+
+
+def build(config, tokenizer, rngs: nnx.Rngs) -> AnyOrderAR:
+  return AnyOrderAR(transformer.from_config(config, tokenizer.vocab_size),
+                    config_lib.options(AnyOrderConfig, config.any_order), tokenizer.mask_id,
+                    rngs)
+
+
+FAMILY = registry.Family("any_order", build, sections={"any_order": AnyOrderConfig})

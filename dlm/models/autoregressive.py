@@ -12,6 +12,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm import registry
+from dlm.models import transformer
+from dlm.models.family import given_mask
 from dlm.models.transformer import Transformer, TransformerConfig
 
 
@@ -22,6 +25,10 @@ class AutoRegressive(nnx.Module):
     self.net = Transformer(
         dataclasses.replace(net_cfg, attention="causal", time_conditioning="none"), rngs)
 
+  def denoise(self, tokens, segment_ids=None, positions=None, *, rng=None):
+    """Logits (batch, length, vocab): at position l, p(x_{l+1} | x_<=l) within its segment."""
+    return self.net(tokens, None, segment_ids, positions, rng=rng)
+
   def corrupt(self, batch, rng):
     del rng  # no noise: the shared train step still calls it
     return dict(batch)
@@ -30,10 +37,9 @@ class AutoRegressive(nnx.Module):
     """-log p(x_l | x_<l) for every position that has a predecessor in its document and is not
     `given` (a pair's source), shape (batch, length) with zeros elsewhere, and that mask."""
     x, seg = batch["tokens"], batch["segment_ids"]
-    logits = self.net(x, None, seg, batch["positions"], rng=rng)[:, :-1]
+    logits = self.denoise(x, seg, batch["positions"], rng=rng)[:, :-1]
     scored = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
-    if "given" in batch:  # conditional pairs: only the target is scored
-      scored &= ~batch["given"][:, 1:].astype(bool)
+    scored &= ~given_mask(batch)[:, 1:]  # conditional pairs: only the target is scored
     picked = jnp.take_along_axis(logits, x[:, 1:, None], axis=-1)[..., 0]
     nll = jnp.where(scored, jax.nn.logsumexp(logits, axis=-1) - picked, 0.0)
     pad = jnp.zeros((x.shape[0], 1), nll.dtype)
@@ -43,3 +49,10 @@ class AutoRegressive(nnx.Module):
     nll, scored = self.token_nll(batch, rng=rng if train else None)
     total = nll.sum()
     return total, {"nelbo": total, "tokens": scored.sum()}
+
+
+def build(config, tokenizer, rngs: nnx.Rngs) -> AutoRegressive:
+  return AutoRegressive(transformer.from_config(config, tokenizer.vocab_size), rngs)
+
+
+FAMILY = registry.Family("autoregressive", build)

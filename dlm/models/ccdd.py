@@ -13,7 +13,8 @@ batch (representation masking); in training whole samples drop z_t (zeros) or x_
 
 Network (MDIT): token embedding + an adaLN-modulated linear projection of z_t, adaLN-zero time
 conditioning (token time t, plus an embedding of the z time), two heads: token logits ([MASK]
-never predicted) and z0 prediction (its own adaLN final layer).
+never predicted) and z0 prediction (its own adaLN final layer on the backbone's trunk,
+`CCDDNet`: the shared backbone plus that head, whose parameters keep the names `net/aux_*`).
 
 Loss (CCDD `loss.py`): the GIDD NELBO of the tokens + min(1/(1 - t), 10) mean_d (z_pred - z0)^2.
 The reported `nelbo` is the token term only: a bound on -log p(x | z-channel), not on
@@ -30,13 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dlm.data import inputs
+from dlm import config as config_lib
+from dlm import registry
 from dlm.errors import DlmError
-from dlm.models import encoders
-from dlm.models.embedding_diffusion import given_mask
+from dlm.models import encoders, masked, transformer
+from dlm.models.family import given_mask, scored_mask
 from dlm.models.layers import Frozen, param, timestep_features
 from dlm.models.transformer import Transformer, TransformerConfig
 from dlm.processes import gaussian
+from dlm.processes.categorical import zero_masking
+from dlm.processes import time as time_lib
+from dlm.processes import gidd
 from dlm.processes.gidd import GiddProcess
 
 REDUCTIONS = ("slice", "pca")
@@ -44,22 +49,31 @@ REDUCTIONS = ("slice", "pca")
 
 @dataclasses.dataclass(frozen=True)
 class CCDDConfig:
-  latent_dim: int = 32
-  reduce: str = "slice"
-  async_time: bool = False
-  p_r_min: float = 0.0
-  p_r_max: float = 1.0
-  p_drop_z: float = 0.1
-  p_drop_x: float = 0.0
-  z_weight: float = 1.0
-  z_weight_max: float = 10.0
-  encoder: str = ""  # directory of config.json + model.safetensors; '' = all-MiniLM-L6-v2
-  encoder_dtype: str = "float32"
-  pca_rows: int = 256
+  """Config section `ccdd`; the token channel also reads `diffusion` (schedule, eps,
+  antithetic)."""
+
+  encoder: str = ""  # HF encoder directory (config.json, model.safetensors); '' = all-MiniLM-L6-v2
+  encoder_arch: str = ""  # filled at build: the encoder's config.json (checkpoints need no files)
+  encoder_dtype: str = "float32"  # the frozen encoder's matmul dtype
+  latent_dim: int = 32  # channels of z
+  reduce: str = "slice"  # 'slice' (first latent_dim standardised channels) | 'pca' (fitted)
+  pca_rows: int = 256  # training rows the PCA is fitted on
+  p_uniform: float = 0.0  # GIDD uniform-noise share (0 = MDLM masking)
+  gamma: float = 1.0  # GIDD: c_t = B (t (1 - t))^(gamma / 2), valid for 0 < gamma <= 2
+  async_time: bool = False  # z at its own uniform time instead of the tokens' t
+  p_r_min: float = 0.0  # representation masking: p_r ~ U[p_r_min, p_r_max] per batch zeroes z0
+  p_r_max: float = 1.0  # at masked tokens before noising (CCDD's released configs: U[0, 1])
+  p_drop_z: float = 0.1  # whole-sample dropout of z_t in training (for guidance)
+  p_drop_x: float = 0.0  # whole-sample dropout of x_t (all [MASK]) in training
+  z_weight: float = 1.0  # weight of the z MSE beside the token NELBO
+  z_weight_max: float = 10.0  # the MSE's time weight min(1 / (1 - t), z_weight_max)
 
   def __post_init__(self):
     if self.reduce not in REDUCTIONS:
       raise DlmError(f"unknown ccdd.reduce {self.reduce!r}; expected one of {REDUCTIONS}")
+    if not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
+      raise DlmError(f"ccdd.latent_dim must be a positive integer, got {self.latent_dim!r}")
+    gidd.check_parameters(self.p_uniform, self.gamma)
     if not 0.0 <= self.p_r_min <= self.p_r_max <= 1.0:
       raise DlmError("need 0 <= ccdd.p_r_min <= ccdd.p_r_max <= 1")
     for name in ("p_drop_z", "p_drop_x"):
@@ -74,30 +88,52 @@ def standardize(h: jax.Array, eps: float = 1e-5) -> jax.Array:
   return (h - mean) * jax.lax.rsqrt(var + eps)
 
 
+class CCDDNet(Transformer):
+  """The shared backbone plus CCDD's z0 head: its own adaLN final layer on the trunk's states
+  (MDIT's second `DDitFinalLayer`)."""
+
+  def __init__(self, cfg: TransformerConfig, latent_dim: int, rngs: nnx.Rngs):
+    super().__init__(cfg, rngs)
+    d = cfg.width
+    self.aux_modulation = param(rngs, nnx.initializers.zeros, (cfg.cond_width, 2, d),
+                                ("cond", None, "embed"))
+    self.aux_out = param(rngs, nnx.initializers.zeros, (d, latent_dim), ("embed", None))
+    self.aux_bias = param(rngs, nnx.initializers.zeros, (latent_dim,), (None,))
+
+  def both(self, x, t, segment_ids=None, positions=None, *, rng=None, cond=None):
+    """(token logits, z0 prediction) from input vectors x (batch, length, width)."""
+    h, c = self.trunk(x, t, segment_ids, positions, rng=rng, cond=cond)
+    dt = jnp.dtype(self.cfg.dtype)
+    mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.aux_modulation[...].astype(dt))
+    h_z = h * (1 + mod[:, :, 1]) + mod[:, :, 0]
+    z_pred = (h_z @ self.aux_out[...].astype(dt)).astype(jnp.float32) + self.aux_bias[...]
+    return self.head(self.modulate(h, c)), z_pred
+
+
 class CCDD(nnx.Module):
   family = "ccdd"
 
-  def __init__(self, net_cfg: TransformerConfig, process: GiddProcess, cfg: CCDDConfig,
+  def __init__(self, net_cfg: TransformerConfig, process: GiddProcess, options: CCDDConfig,
                bert: encoders.BertConfig, rngs: nnx.Rngs):
     encoders.check_alignment(bert, net_cfg.vocab_size, None, "CCDD")
-    if cfg.latent_dim > bert.hidden_size:
-      raise DlmError(f"ccdd.latent_dim {cfg.latent_dim} exceeds the encoder width "
+    if options.latent_dim > bert.hidden_size:
+      raise DlmError(f"ccdd.latent_dim {options.latent_dim} exceeds the encoder width "
                      f"{bert.hidden_size}")
     if not net_cfg.conditioned:
       raise DlmError("CCDD is time-conditioned: model.time_conditioning must be 'adaln_zero'")
-    self.cfg, self.process = cfg, process
-    self.encoder = encoders.BertEncoder(bert, dtype=cfg.encoder_dtype)
-    if cfg.reduce == "pca":
+    self.options, self.process = options, process
+    self.encoder = encoders.BertEncoder(bert, dtype=options.encoder_dtype)
+    if options.reduce == "pca":
       self.pca_mean = Frozen(jnp.zeros((bert.hidden_size,), jnp.float32))
-      self.pca_proj = Frozen(jnp.zeros((bert.hidden_size, cfg.latent_dim), jnp.float32))
-    w, k, cw = net_cfg.width, cfg.latent_dim, net_cfg.cond_width
+      self.pca_proj = Frozen(jnp.zeros((bert.hidden_size, options.latent_dim), jnp.float32))
+    w, k, cw = net_cfg.width, options.latent_dim, net_cfg.cond_width
     self.embed = param(rngs, nnx.initializers.normal(0.02), (net_cfg.vocab_size, w),
                        ("vocab", "embed"))
     self.z_modulation = param(rngs, nnx.initializers.zeros, (cw, 2, k), ("cond", None, None))
     self.z_in = param(rngs, nnx.initializers.normal(k**-0.5), (k, w), (None, "embed"))
     self.time_z_in = param(rngs, nnx.initializers.normal(0.02), (256, cw), ("freq", "cond"))
     self.time_z_hidden = param(rngs, nnx.initializers.normal(0.02), (cw, cw), ("cond_in", "cond"))
-    self.net = Transformer(dataclasses.replace(net_cfg, token_inputs=False, aux_features=k), rngs)
+    self.net = CCDDNet(dataclasses.replace(net_cfg, token_inputs=False), k, rngs)
     self.schedule = gaussian.GaussianSchedule("linear")  # vp_linear: alpha_bar = 1 - t
 
   # The continuous channel --------------------------------------------------------------------
@@ -105,22 +141,11 @@ class CCDD(nnx.Module):
   def latents(self, tokens, segment_ids):
     """z0 (batch, length, latent_dim): the frozen encoder's standardised, reduced states."""
     h = standardize(self.encoder(tokens, (segment_ids > 0).astype(jnp.int32)))
-    if self.cfg.reduce == "pca":
+    if self.options.reduce == "pca":
       z0 = (h - self.pca_mean[...]) @ self.pca_proj[...]
     else:
-      z0 = h[..., :self.cfg.latent_dim]
+      z0 = h[..., :self.options.latent_dim]
     return jax.lax.stop_gradient(z0)
-
-  def pretrained(self, config, tokenizer) -> dict:
-    """The encoder's Hugging Face weights (and a PCA fitted on training rows) for
-    dlm/train/pretrained.py."""
-    encoder = encoders.load_matching(self.cfg.encoder, self.cfg.encoder_dtype,
-                                     self.encoder.config)
-    out = {"encoder": nnx.to_pure_dict(nnx.state(encoder))}
-    if self.cfg.reduce == "pca":
-      rows = inputs.first_rows(config, tokenizer, self.cfg.pca_rows, "the CCDD PCA")
-      out.update(fit_pca(encoder, rows, self.cfg.latent_dim))
-    return out
 
   # The network -------------------------------------------------------------------------------
 
@@ -128,8 +153,9 @@ class CCDD(nnx.Module):
     h = timestep_features(t_z, 256) @ self.time_z_in[...]
     return jax.nn.silu(h) @ self.time_z_hidden[...]
 
-  def forward(self, x_t, z_t, t, t_z, segment_ids=None, positions=None, *, rng=None):
-    """(token logits (batch, length, V) with [MASK] at -inf, z0 prediction)."""
+  def denoise(self, x_t, z_t, t, t_z, segment_ids=None, positions=None, *, rng=None):
+    """(token logits (batch, length, V) with [MASK] at -inf, z0 prediction) at noisy tokens x_t
+    and representations z_t, with the tokens' time t and z's time t_z (batch, length)."""
     chex.assert_rank(z_t, 3)
     chex.assert_equal_shape((x_t, t, t_z))
     c_z = self._time_z(t_z)
@@ -137,51 +163,52 @@ class CCDD(nnx.Module):
     mod = jnp.einsum("blc,cnk->blnk", jax.nn.silu(c), self.z_modulation[...])
     z_in = (z_t * (1.0 + mod[:, :, 1]) + mod[:, :, 0]) @ self.z_in[...]
     x = jnp.take(self.embed[...], x_t, axis=0) + z_in
-    logits, z_pred = self.net(x, t, segment_ids, positions, rng=rng, cond=c_z)
-    logits = logits.at[..., self.process.mask_id].set(-jnp.inf)
-    return logits, z_pred
+    logits, z_pred = self.net.both(x, t, segment_ids, positions, rng=rng, cond=c_z)
+    return zero_masking(logits, self.process.mask_id), z_pred
 
   # Training ----------------------------------------------------------------------------------
 
   def corrupt(self, batch, rng):
     x, seg = batch["tokens"], batch["segment_ids"]
     given = given_mask(batch)
-    real = seg > 0
-    maskable = real & ~given
+    scored = scored_mask(batch)
     keys = jax.random.split(rng, 8)
     b = x.shape[0]
     t_seq = self.process.sample_time(keys[0], b)
-    t_z_seq = jax.random.uniform(keys[1], (b,)) if self.cfg.async_time else t_seq
+    t_z_seq = (time_lib.sample_times(keys[1], b, antithetic=False)
+               if self.options.async_time else t_seq)
     t = jnp.where(given, 0.0, t_seq[:, None])
     t_z = jnp.broadcast_to(t_z_seq[:, None], x.shape)
-    z_tok = self.process.forward_sample(keys[2], x, t, maskable)
-    drop_x = jax.random.uniform(keys[3], (b,)) < self.cfg.p_drop_x
+    z_tok = self.process.forward_sample(keys[2], x, t, scored)
+    drop_x = jax.random.uniform(keys[3], (b,)) < self.options.p_drop_x
     z0 = self.latents(x, seg)
-    p_r = jax.random.uniform(keys[4], (), minval=self.cfg.p_r_min, maxval=self.cfg.p_r_max)
+    p_r = jax.random.uniform(keys[4], (), minval=self.options.p_r_min,
+                             maxval=self.options.p_r_max)
     hide = (z_tok == self.process.mask_id) & (jax.random.uniform(keys[5], x.shape) < p_r)
     z0_in = jnp.where(hide[..., None], 0.0, z0)
     z_t = gaussian.forward_sample(keys[6], z0_in, t_z, self.schedule)
-    drop_z = jax.random.uniform(keys[7], (b,)) < self.cfg.p_drop_z
+    drop_z = jax.random.uniform(keys[7], (b,)) < self.options.p_drop_z
     return {**batch, "z": z_tok, "t": t, "t_z": t_z, "z_t": z_t, "z0": z0,
-            "maskable": maskable, "drop_x": drop_x, "drop_z": drop_z}
+            "scored": scored, "drop_x": drop_x, "drop_z": drop_z}
 
   def loss(self, noisy, *, rng=None, train: bool = True):
     """Whole-sample dropout of x_t or z_t applies in training only: the evaluation bound
     always sees both channels."""
-    x, z, t, maskable = noisy["tokens"], noisy["z"], noisy["t"], noisy["maskable"]
+    x, z, t, scored = noisy["tokens"], noisy["z"], noisy["t"], noisy["scored"]
     z_t = noisy["z_t"]
     if train:
-      z = jnp.where(noisy["drop_x"][:, None] & maskable, self.process.mask_id, z)
+      z = jnp.where(noisy["drop_x"][:, None] & scored, self.process.mask_id, z)
       z_t = jnp.where(noisy["drop_z"][:, None, None], 0.0, z_t)
-    logits, z_pred = self.forward(z, z_t, t, noisy["t_z"], noisy["segment_ids"],
+    logits, z_pred = self.denoise(z, z_t, t, noisy["t_z"], noisy["segment_ids"],
                                   noisy["positions"], rng=rng if train else None)
-    nelbo = self.process.nelbo(logits, x, z, t, maskable)
+    nelbo = self.process.nelbo(logits, x, z, t, scored)
     real = noisy["segment_ids"] > 0
-    weight = jnp.minimum(1.0 / jnp.maximum(1.0 - noisy["t_z"], 1e-6), self.cfg.z_weight_max)
-    mse = jnp.where(real, weight * jnp.square(z_pred - noisy["z0"]).mean(-1), 0.0)
-    total = nelbo.sum() + self.cfg.z_weight * mse.sum()
-    return total, {"nelbo": nelbo.sum(), "mse": mse.sum(), "tokens": maskable.sum(),
-                   "masked": ((z == self.process.mask_id) & maskable).sum()}
+    weight = jnp.minimum(1.0 / jnp.maximum(1.0 - noisy["t_z"], 1e-6),
+                         self.options.z_weight_max)
+    mse = jnp.where(real, gaussian.x0_mse(z_pred, noisy["z0"], weight, mean_over_dim=True), 0.0)
+    total = nelbo.sum() + self.options.z_weight * mse.sum()
+    return total, {"nelbo": nelbo.sum(), "mse": mse.sum(), "tokens": scored.sum(),
+                   "masked": ((z == self.process.mask_id) & scored).sum()}
 
 
 def fit_pca(encoder, rows: list[dict], latent_dim: int) -> dict:
@@ -201,16 +228,31 @@ def fit_pca(encoder, rows: list[dict], latent_dim: int) -> dict:
   return {"pca_mean": mean.astype(np.float32), "pca_proj": proj.astype(np.float32)}
 
 
-def build(config, tokenizer, net_cfg: TransformerConfig, rngs: nnx.Rngs) -> CCDD:
+def pretrained(model: CCDD, config, tokenizer, sources) -> dict:
+  """The encoder's Hugging Face weights, and a PCA fitted on training rows (`reduce='pca'`)."""
+  del config, tokenizer
+  encoder = encoders.load_matching(model.options.encoder, model.options.encoder_dtype,
+                                   model.encoder.config)
+  out = {"encoder": nnx.to_pure_dict(nnx.state(encoder))}
+  if model.options.reduce == "pca":
+    out.update(fit_pca(encoder, sources.rows(model.options.pca_rows, "the CCDD PCA"),
+                       model.options.latent_dim))
+  return out
+
+
+def build(config, tokenizer, rngs: nnx.Rngs) -> CCDD:
   """The CCDD model of a config. The encoder's architecture is recorded in the config
   (`ccdd.encoder_arch`) the first time, so a checkpoint rebuilds it without the encoder files."""
-  from dlm.processes.schedules import MaskingSchedule  # pylint: disable=g-import-not-at-top
+  bert = encoders.recorded_config(config.ccdd)
+  options = config_lib.options(CCDDConfig, config.ccdd)
+  diffusion = masked.config_options(config)
+  process = GiddProcess(diffusion.schedule_of(), mask_id=tokenizer.mask_id,
+                        vocab_size=tokenizer.vocab_size, p_uniform=options.p_uniform,
+                        gamma=options.gamma, antithetic=diffusion.antithetic)
+  return CCDD(transformer.from_config(config, tokenizer.vocab_size), process, options, bert,
+              rngs)
 
-  c = config.ccdd
-  bert = encoders.recorded_config(c)
-  d = config.diffusion
-  process = GiddProcess(MaskingSchedule(d.schedule, d.power, d.eps), mask_id=tokenizer.mask_id,
-                        vocab_size=tokenizer.vocab_size, p_uniform=c.p_uniform, gamma=c.gamma,
-                        antithetic=d.antithetic)
-  cfg = CCDDConfig(**{k: c[k] for k in (f.name for f in dataclasses.fields(CCDDConfig))})
-  return CCDD(net_cfg, process, cfg, bert, rngs)
+
+FAMILY = registry.Family("ccdd", build, sections={"ccdd": CCDDConfig,
+                                                   "diffusion": masked.MaskedConfig},
+                         pretrained=pretrained)

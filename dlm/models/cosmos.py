@@ -26,8 +26,12 @@ with probability 0.5; the network is a transformer over the N latents with U-Net
 (each first-half block's input, before its time and self-conditioning terms, added back to the
 mirrored second-half block's input, last in first out: `LatentDenoiser`) and the time
 embedding (sinusoidal, max period 10, MLP) and self-conditioning added to every layer's input.
-Sampling (dlm/samplers/latent.py) runs the reverse SDE or DDIM and decodes with the
+Sampling (dlm/samplers/cosmos.py) runs the reverse SDE or DDIM and decodes with the
 decompressor.
+
+Two families share the `cosmos` config section (`CosmosConfig`): `cosmos_ae` (no samplers)
+and `cosmos`, which adopts the autoencoder's settings from its workdir before it is built
+(`resolve`), freezes the autoencoder and stores the latent statistics (`pretrained`).
 """
 
 from __future__ import annotations
@@ -41,35 +45,80 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dlm.data import inputs
+from dlm import config as config_lib
+from dlm import registry
 from dlm.errors import DlmError
-from dlm.models import encoders
+from dlm.models import encoders, transformer
+from dlm.models.family import self_conditioned
 from dlm.models.layers import Frozen, RMSNorm, param, timestep_features
 from dlm.models.transformer import Block, SwiGLU, TransformerConfig
 from dlm.processes import gaussian
 
+# What stage 2 adopts from the stage-1 workdir's config: the autoencoder's architecture.
 AE_KEYS = ("encoder", "encoder_arch", "encoder_dtype", "num_latents", "latent_dim", "ae_width",
            "ae_depth", "ae_heads")
 
 
 @dataclasses.dataclass(frozen=True)
+class CosmosConfig:
+  """Config section `cosmos`: stage 1 (`cosmos_ae`) trains the autoencoder, stage 2 (`cosmos`)
+  the latent diffusion on a stage-1 workdir (`config.model` sizes its denoiser)."""
+
+  encoder: str = ""  # HF encoder directory (config.json, model.safetensors); '' = all-MiniLM-L6-v2
+  encoder_arch: str = ""  # filled at build: the encoder's config.json (checkpoints need no files)
+  encoder_dtype: str = "float32"
+  num_latents: int = 16  # N latent vectors per row (seq_len / N = the compression)
+  latent_dim: int = 64  # channels per latent
+  ae_width: int = 128  # compressor / decompressor width, depth and heads
+  ae_depth: int = 2
+  ae_heads: int = 2
+  ce_weight: float = 1.0  # token cross-entropy
+  align_weight: float = 1.0  # MSE of the decompressor's states to the encoder's (standardised)
+  mask_share: float = 0.5  # augmentation: this share of the batch masks encoder states...
+  mask_p: float = 0.3  # ... each token dropped from the compressor's attention with this p
+  noise_delta: float = 0.7  # the other rows: h' = delta h + sqrt(1 - delta^2) eps
+  latent_dropout: float = 0.4  # element-wise latent dropout (no rescale); 0 = off
+  stats_rows: int = 256  # training rows for the encoder's and the latents' statistics
+  autoencoder_workdir: str = ""  # stage 2: the stage-1 workdir (frozen, settings adopted)
+  tan_d: float = 5.0  # stage 2: VP tan-d schedule shift d
+  self_condition: float = 0.5  # stage 2: self-conditioning probability in training
+  t_min: float = 0.05  # stage 2 sampling: the grid runs from t = 1 to t_min
+
+  def __post_init__(self):
+    if self.ae_width % self.ae_heads or (self.ae_width // self.ae_heads) % 2:
+      raise DlmError(f"cosmos.ae_width={self.ae_width} must split into cosmos.ae_heads="
+                     f"{self.ae_heads} heads of even size")
+    for key in ("num_latents", "latent_dim", "ae_depth", "stats_rows"):
+      if getattr(self, key) <= 0:
+        raise DlmError(f"cosmos.{key} must be positive, got {getattr(self, key)}")
+    for key in ("mask_share", "mask_p", "latent_dropout", "self_condition"):
+      if not 0.0 <= getattr(self, key) <= 1.0:
+        raise DlmError(f"cosmos.{key} must be in [0, 1], got {getattr(self, key)}")
+    if not 0.0 < self.noise_delta <= 1.0 or not 0.0 <= self.t_min < 1.0:
+      raise DlmError("need 0 < cosmos.noise_delta <= 1 and 0 <= cosmos.t_min < 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class AutoencoderConfig:
+  """What the autoencoder is built from: the vocabulary, the row length and the `cosmos`
+  section's stage-1 keys (their defaults are CosmosConfig's; `width`, `depth`, `heads` are its
+  `ae_*`)."""
   vocab_size: int
   seq_len: int
-  num_latents: int = 16
-  latent_dim: int = 64
-  width: int = 128
-  depth: int = 2
-  heads: int = 2
-  encoder: str = ""
-  encoder_dtype: str = "float32"
-  ce_weight: float = 1.0
-  align_weight: float = 1.0
-  mask_share: float = 0.5
-  mask_p: float = 0.3
-  noise_delta: float = 0.7
-  latent_dropout: float = 0.4
-  stats_rows: int = 256
+  num_latents: int = CosmosConfig.num_latents
+  latent_dim: int = CosmosConfig.latent_dim
+  width: int = CosmosConfig.ae_width
+  depth: int = CosmosConfig.ae_depth
+  heads: int = CosmosConfig.ae_heads
+  encoder: str = CosmosConfig.encoder
+  encoder_dtype: str = CosmosConfig.encoder_dtype
+  ce_weight: float = CosmosConfig.ce_weight
+  align_weight: float = CosmosConfig.align_weight
+  mask_share: float = CosmosConfig.mask_share
+  mask_p: float = CosmosConfig.mask_p
+  noise_delta: float = CosmosConfig.noise_delta
+  latent_dropout: float = CosmosConfig.latent_dropout
+  stats_rows: int = CosmosConfig.stats_rows
 
   def block(self) -> TransformerConfig:
     return TransformerConfig(vocab_size=self.vocab_size, width=self.width, depth=self.depth,
@@ -140,21 +189,6 @@ class CosmosAutoencoder(nnx.Module):
     """The encoder's last hidden states, standardised per channel (batch, length, hidden)."""
     h = self.encoder(tokens, real.astype(jnp.int32))
     return jax.lax.stop_gradient((h - self.enc_mean[...]) / self.enc_std[...])
-
-  def pretrained(self, config, tokenizer) -> dict:
-    """The encoder's weights and its per-channel statistics on training rows."""
-    encoder = encoders.load_matching(self.cfg.encoder, self.cfg.encoder_dtype,
-                                     self.encoder.config)
-    graphdef, weights = nnx.split(encoder)
-    run = jax.jit(lambda w, ids, m: nnx.merge(graphdef, w)(ids, m))
-    states = []
-    for local in inputs.first_rows(config, tokenizer, self.cfg.stats_rows,
-                                   "the Cosmos encoder statistics"):
-      real = local["segment_ids"] > 0
-      states.append(np.asarray(run(weights, local["tokens"], real.astype(np.int32)))[real])
-    h = np.concatenate(states).astype(np.float64)
-    return {"encoder": nnx.to_pure_dict(weights), "enc_mean": h.mean(0).astype(np.float32),
-            "enc_std": np.maximum(h.std(0), 1e-6).astype(np.float32)}
 
   # Compress and decompress --------------------------------------------------------------------
 
@@ -277,12 +311,10 @@ class LatentDenoiser(nnx.Module):
 
 class CosmosDiffusion(nnx.Module):
   family = "cosmos"
-  frozen_prefixes = ("autoencoder", "latent_mean", "latent_std")
 
   def __init__(self, ae_cfg: AutoencoderConfig, bert: encoders.BertConfig,
                net_cfg: TransformerConfig, schedule: gaussian.GaussianSchedule,
-               self_condition: float, autoencoder_workdir: str, t_min: float,
-               rngs: nnx.Rngs):
+               self_condition: float, t_min: float, rngs: nnx.Rngs):
     self.autoencoder = CosmosAutoencoder(ae_cfg, bert, rngs)
     n, k = ae_cfg.num_latents, ae_cfg.latent_dim
     self.latent_mean = Frozen(jnp.zeros((n, k), jnp.float32))
@@ -290,26 +322,7 @@ class CosmosDiffusion(nnx.Module):
     self.net = LatentDenoiser(net_cfg, k, n, rngs)
     self.schedule = schedule
     self.self_condition = self_condition
-    self.autoencoder_workdir = autoencoder_workdir
     self.t_min = t_min
-
-  def pretrained(self, config, tokenizer) -> dict:
-    """The trained autoencoder (frozen) and its latents' statistics per (position, channel)."""
-    from dlm.train import loop  # pylint: disable=g-import-not-at-top
-
-    if not self.autoencoder_workdir:
-      raise DlmError("cosmos.autoencoder_workdir must name the stage-1 workdir")
-    _, ae_tok, ae, _ = loop.restore_for_sampling(self.autoencoder_workdir, which="ema")
-    if ae_tok.fingerprint != tokenizer.fingerprint:
-      raise DlmError(f"the autoencoder in {self.autoencoder_workdir!r} uses another tokenizer")
-    graphdef, weights = nnx.split(ae)
-    run = jax.jit(lambda w, ids, seg: nnx.merge(graphdef, w).latents(ids, seg))
-    z = np.concatenate([np.asarray(run(weights, r["tokens"], r["segment_ids"]))
-                        for r in inputs.first_rows(config, tokenizer, ae.cfg.stats_rows,
-                                                   "the Cosmos latent statistics")])
-    mean, std = latent_statistics(z)
-    return {"autoencoder": jax.device_get(nnx.to_pure_dict(weights)),
-            "latent_mean": mean, "latent_std": std}
 
   def normalize(self, z):
     return (z - self.latent_mean[...]) / self.latent_std[...]
@@ -317,7 +330,9 @@ class CosmosDiffusion(nnx.Module):
   def denormalize(self, z):
     return z * self.latent_std[...] + self.latent_mean[...]
 
-  def x0(self, z_t, t, x0_prev):
+  def denoise(self, z_t, t, x0_prev):
+    """x0 estimate (B, N, latent_dim) of standardised latents z_t at time t (B,), given the
+    previous estimate (zeros at the first step)."""
     return self.net(z_t, t, x0_prev)
 
   def decode(self, z_norm, length: int):
@@ -339,11 +354,12 @@ class CosmosDiffusion(nnx.Module):
     del rng
     z0, z_t, t = noisy["z0"], noisy["z_t"], noisy["t"]
     zeros = jnp.zeros_like(z0)
-    x0_prev = zeros
-    if train:
-      first = jax.lax.stop_gradient(self.x0(z_t, t, zeros))
-      x0_prev = jnp.where(noisy["self_cond"][:, None, None], first, zeros)
-    mse = jnp.square(self.x0(z_t, t, x0_prev) - z0).mean(-1)
+    x0_hat = lambda x0_prev: self.denoise(z_t, t, x0_prev)  # noqa: E731
+    if train:  # per row: drawn in `corrupt`, so accumulation stays exact
+      x0_hat = self_conditioned(x0_hat, x0_hat, zeros, noisy["self_cond"])
+    else:
+      x0_hat = x0_hat(zeros)
+    mse = gaussian.x0_mse(x0_hat, z0, mean_over_dim=True)
     real_rows = (noisy["segment_ids"] > 0).any(-1)
     mse = jnp.where(real_rows[:, None], mse, 0.0)
     count = real_rows.sum() * z0.shape[1]
@@ -357,45 +373,90 @@ def latent_statistics(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ae_config(config, tokenizer) -> AutoencoderConfig:
-  c = config.cosmos
+  options = config_lib.options(CosmosConfig, config.cosmos)
   return AutoencoderConfig(
       vocab_size=tokenizer.vocab_size, seq_len=config.data.seq_len,
-      num_latents=c.num_latents, latent_dim=c.latent_dim, width=c.ae_width, depth=c.ae_depth,
-      heads=c.ae_heads, encoder=c.encoder, encoder_dtype=c.encoder_dtype,
-      ce_weight=c.ce_weight, align_weight=c.align_weight, mask_share=c.mask_share,
-      mask_p=c.mask_p, noise_delta=c.noise_delta, latent_dropout=c.latent_dropout,
-      stats_rows=c.stats_rows)
+      num_latents=options.num_latents, latent_dim=options.latent_dim, width=options.ae_width,
+      depth=options.ae_depth, heads=options.ae_heads, encoder=options.encoder,
+      encoder_dtype=options.encoder_dtype, ce_weight=options.ce_weight,
+      align_weight=options.align_weight, mask_share=options.mask_share, mask_p=options.mask_p,
+      noise_delta=options.noise_delta, latent_dropout=options.latent_dropout,
+      stats_rows=options.stats_rows)
 
 
-def _adopt_autoencoder(config) -> None:
+def build_autoencoder(config, tokenizer, rngs: nnx.Rngs) -> CosmosAutoencoder:
+  bert = encoders.recorded_config(config.cosmos)
+  return CosmosAutoencoder(_ae_config(config, tokenizer), bert, rngs)
+
+
+def build_diffusion(config, tokenizer, rngs: nnx.Rngs) -> CosmosDiffusion:
+  bert = encoders.recorded_config(config.cosmos)
+  options = config_lib.options(CosmosConfig, config.cosmos)
+  net = transformer.from_config(config, tokenizer.vocab_size, time_conditioning="none")
+  return CosmosDiffusion(_ae_config(config, tokenizer), bert, net,
+                         gaussian.GaussianSchedule("tan_d", d=options.tan_d),
+                         options.self_condition,
+                         options.t_min, rngs)
+
+
+def _encoder_statistics(encoder, rows) -> dict:
+  """The encoder's last hidden states' mean and std per channel over the real tokens of rows."""
+  graphdef, weights = nnx.split(encoder)
+  run = jax.jit(lambda w, ids, m: nnx.merge(graphdef, w)(ids, m))
+  states = []
+  for local in rows:
+    real = local["segment_ids"] > 0
+    states.append(np.asarray(run(weights, local["tokens"], real.astype(np.int32)))[real])
+  h = np.concatenate(states).astype(np.float64)
+  return {"enc_mean": h.mean(0).astype(np.float32),
+          "enc_std": np.maximum(h.std(0), 1e-6).astype(np.float32)}
+
+
+def pretrained_autoencoder(model: CosmosAutoencoder, config, tokenizer, sources) -> dict:
+  """The encoder's weights and its per-channel statistics on training rows."""
+  del config, tokenizer
+  encoder = encoders.load_matching(model.cfg.encoder, model.cfg.encoder_dtype,
+                                   model.encoder.config)
+  rows = sources.rows(model.cfg.stats_rows, "the Cosmos encoder statistics")
+  return {"encoder": nnx.to_pure_dict(nnx.state(encoder)), **_encoder_statistics(encoder, rows)}
+
+
+def pretrained_diffusion(model: CosmosDiffusion, config, tokenizer, sources) -> dict:
+  """The trained autoencoder (frozen) and its latents' statistics per (position, channel)."""
+  workdir = config.cosmos.autoencoder_workdir
+  if not workdir:
+    raise DlmError("cosmos.autoencoder_workdir must name the stage-1 workdir")
+  _, ae_tok, ae, _ = sources.restore(workdir, "ema")
+  if ae_tok.fingerprint != tokenizer.fingerprint:
+    raise DlmError(f"the autoencoder in {workdir!r} uses another tokenizer")
+  graphdef, weights = nnx.split(ae)
+  run = jax.jit(lambda w, ids, seg: nnx.merge(graphdef, w).latents(ids, seg))
+  z = np.concatenate([np.asarray(run(weights, r["tokens"], r["segment_ids"]))
+                      for r in sources.rows(model.autoencoder.cfg.stats_rows,
+                                            "the Cosmos latent statistics")])
+  mean, std = latent_statistics(z)
+  return {"autoencoder": jax.device_get(nnx.to_pure_dict(weights)),
+          "latent_mean": mean, "latent_std": std}
+
+
+def adopt_autoencoder(config, read_config) -> None:
   """Stage 2 copies the stage-1 run's autoencoder settings (its stored config) into this
   config, so that the two always agree and the checkpoint records them."""
-  import os  # pylint: disable=g-import-not-at-top
-
-  from dlm.train import loop  # pylint: disable=g-import-not-at-top
-
   workdir = config.cosmos.autoencoder_workdir
-  if not workdir or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    return  # a restored stage-2 run: its config already holds them
-  ae_config = loop.read_config(workdir)
+  if not workdir:
+    return  # `pretrained_diffusion` names the missing workdir
+  ae_config = read_config(workdir)
   if ae_config.model.family != "cosmos_ae":
     raise DlmError(f"cosmos.autoencoder_workdir {workdir!r} holds a "
                    f"{ae_config.model.family!r} model, not a cosmos_ae autoencoder")
   if ae_config.data.seq_len != config.data.seq_len:
     raise DlmError(f"data.seq_len {config.data.seq_len} differs from the autoencoder's "
                    f"{ae_config.data.seq_len}")
-  for key in AE_KEYS:
-    config.cosmos[key] = ae_config.cosmos[key]
+  config_lib.adopt(config, ae_config, [f"cosmos.{key}" for key in AE_KEYS])
 
 
-def build(config, tokenizer, net_cfg: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
-  if config.model.family == "cosmos":
-    _adopt_autoencoder(config)
-  bert = encoders.recorded_config(config.cosmos)
-  ae_cfg = _ae_config(config, tokenizer)
-  if config.model.family == "cosmos_ae":
-    return CosmosAutoencoder(ae_cfg, bert, rngs)
-  c = config.cosmos
-  net = dataclasses.replace(net_cfg, time_conditioning="none")
-  return CosmosDiffusion(ae_cfg, bert, net, gaussian.GaussianSchedule("tan_d", d=c.tan_d),
-                         c.self_condition, c.autoencoder_workdir, c.t_min, rngs)
+AUTOENCODER = registry.Family("cosmos_ae", build_autoencoder, sections={"cosmos": CosmosConfig},
+                              pretrained=pretrained_autoencoder, generates_text=False)
+DIFFUSION = registry.Family("cosmos", build_diffusion, sections={"cosmos": CosmosConfig},
+                            resolve=adopt_autoencoder, pretrained=pretrained_diffusion,
+                            frozen_prefixes=("autoencoder", "latent_mean", "latent_std"))

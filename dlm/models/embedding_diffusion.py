@@ -1,5 +1,5 @@
-"""What the continuous families share: learned token embeddings, the network reading noisy
-embeddings (with self-conditioning), and the conditioning masks of a batch.
+"""What the continuous families (continuous, NeoDiff) share: learned token embeddings and the
+network reading noisy embeddings with self-conditioning (`family.self_conditioned`).
 
 Token embeddings e(w) live in a small space of `embed_dim`; the backbone reads
 `in_proj([z_t ; x0_prev])` (self-conditioning, Chen et al. 2023: x0_prev is the previous
@@ -17,18 +17,6 @@ from flax import nnx
 
 from dlm.models.layers import param
 from dlm.models.transformer import Transformer, TransformerConfig
-
-
-def given_mask(batch) -> jax.Array:
-  """The batch's clean conditioning tokens (a pair's source; all False if unconditional)."""
-  if "given" in batch:
-    return batch["given"].astype(bool)
-  return jnp.zeros(batch["tokens"].shape, bool)
-
-
-def target_mask(batch) -> jax.Array:
-  """Tokens that are noised and scored: real tokens that are not given."""
-  return (batch["segment_ids"] > 0) & ~given_mask(batch)
 
 
 class TokenEmbedding(nnx.Module):
@@ -70,29 +58,3 @@ class EmbeddingDenoiser(nnx.Module):
     zc = jnp.stack([z, x0_prev], axis=2).astype(jnp.dtype(self.net.cfg.dtype))
     h = jnp.einsum("blsd,sdw->blw", zc, self.in_proj[...].astype(zc.dtype))
     return self.net(h, t, segment_ids, positions, rng=rng)
-
-
-def self_conditioned(first_pass, second_pass, x0_shape, probability: float, rng, train: bool,
-                     given=None, clean=None):
-  """Self-conditioning in training (Chen et al. 2023, "Analog Bits" §3.2): with probability p
-  (per micro-batch, so the extra pass is skipped half the time), x0_prev is a first estimate
-  made without it, under stop-gradient; otherwise zeros. `first_pass(zeros) -> x0_hat`.
-
-  At `given` positions (batch, length) the estimate is replaced by `clean`, the clean
-  embeddings e(x), as the samplers (dlm/samplers/continuous.py) feed them after the first step:
-  training then sees what sampling sees there (the network's own estimate at given positions
-  is never trained and never seen when sampling). A departure: self-conditioning as published
-  feeds the raw estimate everywhere."""
-  zeros = jnp.zeros(x0_shape, jnp.float32)
-  if not train or probability <= 0:
-    return second_pass(zeros)
-
-  def estimate():
-    x0_hat = first_pass(zeros)
-    if given is not None:
-      x0_hat = jnp.where(given[..., None], clean, x0_hat)
-    return jax.lax.stop_gradient(x0_hat.astype(jnp.float32))
-
-  use = jax.random.bernoulli(rng, probability)
-  x0_prev = jax.lax.cond(use, estimate, lambda: zeros)
-  return second_pass(x0_prev)

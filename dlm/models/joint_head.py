@@ -34,28 +34,43 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm import config as config_lib
+from dlm import registry
 from dlm.errors import DlmError
-from dlm.models.embedding_diffusion import given_mask
+from dlm.models import masked
+from dlm.models.family import given_mask, layout, scored_mask
 from dlm.models.layers import RMSNorm, attention_mask, param
 from dlm.models.masked import MaskedDiffusion
 from dlm.models.transformer import Block, TransformerConfig
+from dlm.processes.categorical import entropy, zero_masking
 
 NOISINGS = ("trajectory", "random")
 BIG_NEG = -1e9  # [MASK]'s logit in the KL (finite: no 0 * inf)
+# What a head adopts from its base's stored config (`adopt_base`): the base's architecture,
+# its process and the layout of its data.
+BASE_KEYS = ("model.width", "model.depth", "model.heads", "model.mlp_ratio",
+             "model.time_conditioning", "model.cond_width", "model.attention",
+             "model.block_size", "model.rope_theta", "model.head_init_std",
+             "model.tie_embeddings", "model.lora_rank", "model.lora_alpha", "diffusion",
+             "data.seq_len", "data.tokenizer.num_reserved_pads", "data.tokenizer.special_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
 class JointConfig:
-  unrolls: int = 7
+  """Config section `joint` (model.family='joint_head'; the base is the masked model that the
+  other `model` keys and `diffusion` describe)."""
+
+  unrolls: int = 7  # head unrolls in training (the paper's speculation_len); loss at K ~ U{1..}
+  # which tokens training masks: 'trajectory' (the last fraction of each row's reveal order:
+  # states of the exact sampler) or 'random' (random positions; reveals then follow the
+  # base's entropy)
   noising: str = "trajectory"
-  zero_init: bool = True
+  zero_init: bool = True  # the head's output norm starts at 0: the untrained head is the marginal
 
-
-def entropy(logits):
-  """Entropy (nats) of softmax(logits) over the last axis; -inf logits have no mass."""
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  p = jnp.exp(logp)
-  return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+  def __post_init__(self):
+    if self.noising not in NOISINGS or not isinstance(self.unrolls, int) or self.unrolls < 1:
+      raise DlmError(f"joint.noising must be one of {NOISINGS} and joint.unrolls >= 1, got "
+                     f"{self.noising!r} and {self.unrolls!r}")
 
 
 class SamplerLayer(nnx.Module):
@@ -83,22 +98,18 @@ class SamplerLayer(nnx.Module):
 
 
 class JointHead(nnx.Module):
-  """A frozen masked diffusion model (`base`) and ADJUST's sampler head (`head`)."""
+  """A frozen masked diffusion model (`base`) and ADJUST's sampler head (`head`): samplers
+  call `denoise` (a full pass of the base) and `refine` (a pass of the head)."""
   family = "joint_head"
-  frozen_prefixes = ("base",)
 
-  def __init__(self, base: MaskedDiffusion, jcfg: JointConfig, rngs: nnx.Rngs):
-    if jcfg.noising not in NOISINGS:
-      raise DlmError(f"joint.noising must be one of {NOISINGS}, got {jcfg.noising!r}")
-    if jcfg.unrolls < 1:
-      raise DlmError(f"joint.unrolls must be at least 1, got {jcfg.unrolls}")
+  def __init__(self, base: MaskedDiffusion, options: JointConfig, rngs: nnx.Rngs):
     if not base.net.cfg.token_inputs:
       raise DlmError("the joint head needs a base with token inputs")
     self.base = base
-    self.jcfg = jcfg
+    self.options = options
     head_cfg = dataclasses.replace(base.net.cfg, depth=1, time_conditioning="none", dropout=0.0,
                                    remat="none", scan_layers=False, attention="bidirectional")
-    self.head = SamplerLayer(head_cfg, jcfg.zero_init, rngs)
+    self.head = SamplerLayer(head_cfg, options.zero_init, rngs)
 
   @property
   def process(self):
@@ -114,38 +125,27 @@ class JointHead(nnx.Module):
     frac = (jnp.sum((z == self.mask_id) & free, -1) / jnp.maximum(jnp.sum(free, -1), 1))
     return jnp.where(given, 0.0, frac[:, None]).astype(jnp.float32)
 
-  def full(self, z, given, segment_ids=None, positions=None):
+  def denoise(self, z, given, segment_ids=None, positions=None):
     """One full pass of the base: (logits with [MASK] at -inf, hidden states)."""
     net = self.base.net
     t = self._times(z, given) if net.cfg.conditioned else None
     h = net.features(z, t, segment_ids, positions)
-    return self._logits(net.head(h)), h
+    return zero_masking(net.head(h), self.mask_id), h
 
   def refine(self, z, h_prev, segment_ids=None, positions=None):
     """One sampler pass: (logits with [MASK] at -inf, hidden states) after the tokens z."""
     net = self.base.net
-    if segment_ids is None:
-      segment_ids = jnp.ones(z.shape, jnp.int32)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(z.shape[1]), z.shape)
+    segment_ids, positions = layout(z.shape, segment_ids, positions)
     embedded = jnp.take(net.embed[...], z, axis=0)
     h = self.head(embedded, h_prev, attention_mask(segment_ids, "bidirectional"), positions)
-    return self._logits(net.head(h)), h
-
-  def _logits(self, logits):
-    return logits.at[..., self.mask_id].set(-jnp.inf)
-
-  def logits(self, z, t, segment_ids=None, positions=None, *, rng=None):
-    """The base's raw logits (the masked family's denoiser)."""
-    return self.base.logits(z, t, segment_ids, positions, rng=rng)
+    return zero_masking(net.head(h), self.mask_id), h
 
   def corrupt(self, batch, rng):
     x = batch["tokens"]
-    given = given_mask(batch)
-    maskable = (batch["segment_ids"] > 0) & ~given
+    maskable = scored_mask(batch)
     rng_t, rng_mask, rng_k = jax.random.split(rng, 3)
     t = jax.random.uniform(rng_t, (x.shape[0], 1))
-    if self.jcfg.noising == "trajectory":
+    if self.options.noising == "trajectory":
       if "order" not in batch:
         raise DlmError("joint.noising='trajectory' needs rows with a reveal 'order' "
                        "(trajectories from python -m dlm.joint_data, data.pretokenized=True)")
@@ -160,13 +160,13 @@ class JointHead(nnx.Module):
       order = jnp.zeros_like(x)
       masked = maskable & (jax.random.uniform(rng_mask, x.shape) < t)
     z = jnp.where(masked, self.mask_id, x)
-    k = jax.random.randint(rng_k, (x.shape[0],), 1, self.jcfg.unrolls + 1)
+    k = jax.random.randint(rng_k, (x.shape[0],), 1, self.options.unrolls + 1)
     return {**batch, "z": z, "maskable": maskable, "unroll": k, "reveal_key": order}
 
   def _next_position(self, z, x_order, base_entropy):
     """The position each row reveals next (-1 if none is masked)."""
     masked = z == self.mask_id
-    if self.jcfg.noising == "trajectory":
+    if self.options.noising == "trajectory":
       score = jnp.where(masked, x_order.astype(jnp.float32), jnp.inf)
     else:
       score = jnp.where(masked, base_entropy, jnp.inf)
@@ -178,13 +178,13 @@ class JointHead(nnx.Module):
     x, z, maskable = noisy["tokens"], noisy["z"], noisy["maskable"]
     seg, pos = noisy["segment_ids"], noisy["positions"]
     given = given_mask(noisy)
-    base_logits, h = self.full(z, given, seg, pos)
+    base_logits, h = self.denoise(z, given, seg, pos)
     base_logits, h = jax.lax.stop_gradient(base_logits), jax.lax.stop_gradient(h)
     ent = entropy(base_logits)
     rows = jnp.arange(x.shape[0])
     head_logits = base_logits
     chosen_z, chosen_logits = z, base_logits
-    for j in range(1, self.jcfg.unrolls + 1):
+    for j in range(1, self.options.unrolls + 1):
       p = self._next_position(z, noisy["reveal_key"], ent)
       safe = jnp.maximum(p, 0)
       z = z.at[rows, safe].set(jnp.where(p >= 0, x[rows, safe], z[rows, safe]))
@@ -192,7 +192,7 @@ class JointHead(nnx.Module):
       here = (noisy["unroll"] == j)[:, None]
       chosen_z = jnp.where(here, z, chosen_z)
       chosen_logits = jnp.where(here[..., None], head_logits, chosen_logits)
-    target, _ = self.full(chosen_z, given, seg, pos)
+    target, _ = self.denoise(chosen_z, given, seg, pos)
     target = jax.lax.stop_gradient(target)
     scored = (chosen_z == self.mask_id) & maskable
     kl = _kl(target, chosen_logits)
@@ -207,3 +207,32 @@ def _kl(target_logits, logits):
   lt = jax.nn.log_softmax(jnp.maximum(target_logits, BIG_NEG), -1)
   lq = jax.nn.log_softmax(jnp.maximum(logits, BIG_NEG), -1)
   return jnp.sum(jnp.exp(lt) * (lt - lq), -1)
+
+
+def build(config, tokenizer, rngs: nnx.Rngs) -> JointHead:
+  """The head on a masked base of the architecture that `config.model` describes."""
+  return JointHead(masked.build(config, tokenizer, rngs),
+                   config_lib.options(JointConfig, config.joint), rngs)
+
+
+def check(config) -> None:
+  train = config.train
+  if not train.init_from or train.init_into.strip("/") != "base":
+    raise DlmError("model.family='joint_head' trains a head on a frozen base: set "
+                   "train.init_from to the base's workdir and train.init_into='base' "
+                   "(configs/joint_head.py does)")
+
+
+def adopt_base(config, read_config) -> None:
+  """The base's architecture, process and data layout, from its workdir's stored config (so
+  the head's workdir alone samples, and the pretokenized trajectories fit)."""
+  stored = read_config(config.train.init_from)
+  if stored.model.family != "masked":
+    raise DlmError(f"the base {config.train.init_from!r} is a {stored.model.family} model; a "
+                   "joint head needs a masked one")
+  config_lib.adopt(config, stored, BASE_KEYS)
+
+
+FAMILY = registry.Family("joint_head", build, sections={"joint": JointConfig,
+                                                         "diffusion": masked.MaskedConfig},
+                         check=check, resolve=adopt_base, frozen_prefixes=("base",))

@@ -3,33 +3,71 @@ denoiser of `dlm.processes.masked.MaskedProcess`."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dlm.models.embedding_diffusion import given_mask
-from dlm.models.transformer import Transformer, TransformerConfig
+from dlm import config as config_lib
+from dlm import registry
+from dlm.errors import DlmError
+from dlm.models import transformer
+from dlm.models.family import given_mask, scored_mask
 from dlm.processes.masked import MaskedProcess
+from dlm.processes.schedules import KINDS, MaskingSchedule
+
+LOSS_NORMS = ("token", "response")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedConfig:
+  """Config section `diffusion`: the masked diffusion process (dlm/processes/masked.py), also
+  the token channel of CCDD and the base of a joint head."""
+
+  schedule: str = "linear"  # 'linear' | 'cosine' | 'polynomial' | 'loglinear'
+  power: float = 2.0  # polynomial only
+  eps: float = 1e-4  # keeps 0 < alpha < 1 (md4); loglinear: alpha(1) = eps (MDLM)
+  timesteps: int = 0  # 0: continuous-time NELBO; T > 0: discrete-time NELBO with T steps
+  antithetic: bool = True  # low-discrepancy time sampling over the batch
+  # How the loss is averaged: 'token' = over all scored tokens of the batch (MDLM/MD4);
+  # 'response' = each row's loss divided by its scored length (a pair's response with its
+  # padding), then the mean over rows, as in LLaDA's SFT. Reported bits stay per token.
+  loss_norm: str = "token"
+
+  def __post_init__(self):
+    if self.schedule not in KINDS:
+      raise DlmError(f"unknown diffusion.schedule {self.schedule!r}; expected one of {KINDS}")
+    if self.loss_norm not in LOSS_NORMS:
+      raise DlmError(f"diffusion.loss_norm must be one of {LOSS_NORMS}, got "
+                     f"{self.loss_norm!r}")
+    if not isinstance(self.timesteps, int) or self.timesteps < 0:
+      raise DlmError(f"diffusion.timesteps must be a non-negative integer, got "
+                     f"{self.timesteps!r}")
+
+  def schedule_of(self) -> MaskingSchedule:
+    return MaskingSchedule(self.schedule, self.power, self.eps)
 
 
 class MaskedDiffusion(nnx.Module):
-  """`loss` gives the NELBO; samplers use `log_probs` (zero-masking and carry-over)."""
+  """`loss` gives the NELBO; samplers use `denoise` and `process` (`log_probs`: zero-masking
+  and carry-over)."""
   family = "masked"
 
-  def __init__(self, net_cfg: TransformerConfig, process: MaskedProcess, rngs: nnx.Rngs,
-               loss_norm: str = "token"):
-    self.net = Transformer(net_cfg, rngs)
+  def __init__(self, net_cfg: transformer.TransformerConfig, process: MaskedProcess,
+               rngs: nnx.Rngs, loss_norm: str = "token"):
+    self.net = transformer.Transformer(net_cfg, rngs)
     self.process = process
     self.loss_norm = loss_norm  # 'token' | 'response' (LLaDA SFT: per row, then the mean)
 
-  def logits(self, z, t, segment_ids=None, positions=None, *, rng=None):
+  def denoise(self, z, t, segment_ids=None, positions=None, *, rng=None):
     """Raw network logits at noisy tokens z with per-token time t (batch, length)."""
     t_in = t if self.net.cfg.conditioned else None
     return self.net(z, t_in, segment_ids, positions, rng=rng)
 
   def log_probs(self, z, t, segment_ids=None, positions=None):
     """log p(x_0 | z_t) over the vocabulary (never [MASK]; unmasked tokens carried over)."""
-    return self.process.log_probs(self.logits(z, t, segment_ids, positions), z)
+    return self.process.log_probs(self.denoise(z, t, segment_ids, positions), z)
 
   def corrupt(self, batch, rng):
     """Forward process on a batch: one time per sequence, tokens masked with prob 1 - alpha.
@@ -37,12 +75,12 @@ class MaskedDiffusion(nnx.Module):
     have time 0."""
     x = batch["tokens"]
     given = given_mask(batch)
-    maskable = (batch["segment_ids"] > 0) & ~given
+    scored = scored_mask(batch)
     rng_t, rng_mask = jax.random.split(rng)
     t = self.process.sample_time(rng_t, x.shape[0])
     t = jnp.where(given, 0.0, t[:, None])
-    z = self.process.forward_sample(rng_mask, x, t, maskable)
-    return {**batch, "z": z, "t": t, "maskable": maskable}
+    z = self.process.forward_sample(rng_mask, x, t, scored)
+    return {**batch, "z": z, "t": t, "scored": scored}
 
   def loss(self, noisy, *, rng=None, train: bool = True):
     """Sum over the batch of the per-token NELBO (nats), and metrics as sums.
@@ -51,16 +89,37 @@ class MaskedDiffusion(nnx.Module):
     each row's NELBO divided by its scored length (the response with its padding), and
     `metrics["norm"]` the number of such rows: the train step divides by it, so the update
     follows the mean over rows. `nelbo` and `tokens` stay the per-token bound's sums."""
-    x, z, t, maskable = noisy["tokens"], noisy["z"], noisy["t"], noisy["maskable"]
-    logits = self.logits(z, t, noisy["segment_ids"], noisy["positions"],
-                         rng=rng if train else None)
-    nelbo = self.process.nelbo(self.process.log_prob_of(logits, x), z, t, maskable)
+    x, z, t, scored = noisy["tokens"], noisy["z"], noisy["t"], noisy["scored"]
+    logits = self.denoise(z, t, noisy["segment_ids"], noisy["positions"],
+                          rng=rng if train else None)
+    nelbo = self.process.nelbo(self.process.log_prob_of(logits, x), z, t, scored)
     total = nelbo.sum()
-    metrics = {"nelbo": total, "tokens": maskable.sum(),
-               "masked": ((z == self.process.mask_id) & maskable).sum()}
+    metrics = {"nelbo": total, "tokens": scored.sum(),
+               "masked": ((z == self.process.mask_id) & scored).sum()}
     if self.loss_norm == "response":
-      lengths = maskable.sum(axis=-1)
+      lengths = scored.sum(axis=-1)
       objective = jnp.sum(nelbo.sum(axis=-1) / jnp.maximum(lengths, 1))
       metrics["norm"] = (lengths > 0).sum()
       return objective, metrics
     return total, metrics
+
+
+def process_of(config, tokenizer) -> MaskedProcess:
+  """The masked process of a config's `diffusion` section for a tokenizer."""
+  options = config_options(config)
+  return MaskedProcess(schedule=options.schedule_of(), mask_id=tokenizer.mask_id,
+                       vocab_size=tokenizer.vocab_size, timesteps=options.timesteps,
+                       antithetic=options.antithetic)
+
+
+def config_options(config) -> MaskedConfig:
+  return config_lib.options(MaskedConfig, config.diffusion)
+
+
+def build(config, tokenizer, rngs: nnx.Rngs) -> MaskedDiffusion:
+  return MaskedDiffusion(transformer.from_config(config, tokenizer.vocab_size),
+                         process_of(config, tokenizer), rngs,
+                         loss_norm=config_options(config).loss_norm)
+
+
+FAMILY = registry.Family("masked", build, sections={"diffusion": MaskedConfig})

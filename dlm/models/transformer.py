@@ -13,6 +13,11 @@ attention out, MLP in and down) gets a pair A (its input dims x r, random) and B
 output dims, zeros), and is used as W + (lora_alpha / lora_rank) A B. B starts at zero, so an
 adapted model computes exactly what its base does until the adapters train; with rank 0 there
 are no adapter parameters at all.
+
+The outputs have fixed types: `__call__` gives logits (or `out_features` vectors),
+`features` the hidden states the output head reads, `trunk` the states before the final time
+modulation with the conditioning (what a family's own extra head reads: CCDD's), `head` the
+output projection. Family-specific heads live in the family's module, not here.
 """
 
 from __future__ import annotations
@@ -24,42 +29,28 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from dlm import config as config_lib
+from dlm import sharding
+from dlm.models.family import layout
 from dlm.models.layers import (RMSNorm, attention_mask, constrain, dropout, param, rotary,
                                timestep_features)
 
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "dots_all": jax.checkpoint_policies.checkpoint_dots,
-}
+REMAT_POLICIES = dict(zip(config_lib.REMATS, (
+    None,
+    jax.checkpoint_policies.nothing_saveable,
+    jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    jax.checkpoint_policies.checkpoint_dots,
+)))
 
 
-@dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig(config_lib.Backbone):
+  """The backbone keys of the `model` section (`config.Backbone`: defaults and checks) and what
+  the family sets itself."""
   vocab_size: int
-  width: int = 256
-  depth: int = 6
-  heads: int = 4
-  mlp_ratio: float = 4.0
-  time_conditioning: str = "adaln_zero"  # "adaln_zero" | "none"
-  cond_width: int = 128
-  attention: str = "bidirectional"  # "bidirectional" | "causal" | "block_causal"
-  block_size: int = 0  # block_causal only
-  rope_theta: float = 10_000.0
-  head_init_std: float = 0.0  # output projection init; 0 = zeros (DiT / MDLM final layer)
-  tie_embeddings: bool = False  # logits from the input embedding table (transposed)
-  dropout: float = 0.0
-  dtype: str = "float32"  # compute dtype of matmuls: "float32" | "bfloat16"
-  remat: str = "none"  # see REMAT_POLICIES
-  scan_layers: bool = False
-  attention_impl: str = "xla"  # "xla" | "cudnn" (GPU flash attention) | "auto"
   rules: tuple = ()  # logical-axis rules for activation sharding constraints
   token_inputs: bool = True  # False: the caller passes input vectors (continuous families)
   out_features: int = 0  # output head width; 0 = vocab_size (logits)
-  aux_features: int = 0  # > 0: a second output head (own adaLN final layer), e.g. CCDD's z
-  lora_rank: int = 0  # low-rank adapters on the blocks' dense weights; 0 = none
-  lora_alpha: float = 16.0  # adapter scale lora_alpha / lora_rank
 
   @property
   def head_dim(self) -> int:
@@ -72,6 +63,16 @@ class TransformerConfig:
   @property
   def conditioned(self) -> bool:
     return self.time_conditioning == "adaln_zero"
+
+
+def from_config(config, vocab_size: int, **overrides) -> TransformerConfig:
+  """The backbone of a run's `model` section for a vocabulary (the one place the section's
+  keys become a TransformerConfig); `overrides` set a family's own fields."""
+  backbone = config_lib.options(config_lib.Backbone, config.model)
+  fields = dict(dataclasses.asdict(backbone), vocab_size=vocab_size,
+                rules=sharding.normalize_rules(config.mesh.rules))
+  fields.update(overrides)
+  return TransformerConfig(**fields)
 
 
 def _init(std: float):
@@ -210,12 +211,6 @@ class Transformer(nnx.Module):
       self.unembed_bias = param(rngs, nnx.initializers.zeros, (self.out_features,), (out_axis,))
     else:
       self.unembed_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",))
-    if cfg.aux_features:
-      if cfg.conditioned:
-        self.aux_modulation = param(rngs, nnx.initializers.zeros, (cfg.cond_width, 2, d),
-                                    ("cond", None, "embed"))
-      self.aux_out = param(rngs, nnx.initializers.zeros, (d, cfg.aux_features), ("embed", None))
-      self.aux_bias = param(rngs, nnx.initializers.zeros, (cfg.aux_features,), (None,))
 
   @property
   def out_features(self) -> int:
@@ -226,35 +221,44 @@ class Transformer(nnx.Module):
     h = timestep_features(t, 256).astype(dt) @ self.time_in[...].astype(dt)
     return jax.nn.silu(h) @ self.time_hidden[...].astype(dt)
 
-  def __call__(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None,
-               return_hidden: bool = False, cond=None, mask=None):
-    """`tokens` are ids (batch, length), or with `token_inputs=False` input vectors
-    (batch, length, width). `cond` (batch, length, cond_width) is added to the time embedding.
-    `mask`: an explicit boolean attention mask (batch, 1, length, length), True where query i
-    may attend to key j, used instead of `cfg.attention` and the segments (the any-order
-    family's two-stream mask); every row must allow some key. With `aux_features`, returns
-    (logits, aux) (and the hidden states last if asked)."""
-    h, aux = self._features(tokens, t, segment_ids, positions, rng, cond, mask)
-    logits = self.head(h)
-    out = (logits, aux) if self.cfg.aux_features else (logits,)
-    out = out + (h,) if return_hidden else out
-    return out if len(out) > 1 else out[0]
+  def __call__(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None, cond=None,
+               mask=None) -> jax.Array:
+    """Logits (batch, length, out_features), float32: `head(features(...))`.
+
+    `tokens` are ids (batch, length), or with `token_inputs=False` input vectors
+    (batch, length, width). `t` is the per-token time (batch, length) of a time-conditioned
+    backbone. `cond` (batch, length, cond_width) is added to the time embedding. `mask`: an
+    explicit boolean attention mask (batch, 1, length, length), True where query i may attend
+    to key j, used instead of `cfg.attention` and the segments (the any-order family's
+    two-stream mask); every row must allow some key."""
+    return self.head(self.features(tokens, t, segment_ids, positions, rng=rng, cond=cond,
+                                   mask=mask))
 
   def features(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None, cond=None,
-               mask=None):
-    """The last hidden states (batch, length, width): after the final norm (and its time
-    modulation), before the output head; `head(features(...))` is `__call__`'s logits."""
-    return self._features(tokens, t, segment_ids, positions, rng, cond, mask)[0]
+               mask=None) -> jax.Array:
+    """The last hidden states (batch, length, width) that `head` reads: the trunk's, with the
+    final time modulation where the backbone is time-conditioned."""
+    return self.modulate(*self.trunk(tokens, t, segment_ids, positions, rng=rng, cond=cond,
+                                     mask=mask))
 
-  def _features(self, tokens, t, segment_ids, positions, rng, cond, mask):
+  def modulate(self, h, c):
+    """The final adaLN modulation of trunk states `h` by the conditioning `c` (none if None)."""
+    if c is None:
+      return h
+    dt = jnp.dtype(self.cfg.dtype)
+    mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.final_modulation[...].astype(dt))
+    return h * (1 + mod[:, :, 1]) + mod[:, :, 0]
+
+  def trunk(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None, cond=None,
+            mask=None) -> tuple[jax.Array, jax.Array | None]:
+    """(hidden states after the blocks and the final norm (batch, length, width), the
+    conditioning c (batch, length, cond_width), or None without time): what a family's own
+    output head reads (CCDD's representation head)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     chex.assert_rank(tokens, 2 if cfg.token_inputs else 3)
     batch, length = tokens.shape[:2]
-    if segment_ids is None:
-      segment_ids = jnp.ones((batch, length), jnp.int32)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    segment_ids, positions = layout((batch, length), segment_ids, positions)
     chex.assert_equal_shape((tokens[..., 0] if tokens.ndim == 3 else tokens, segment_ids,
                              positions))
     if cfg.token_inputs:
@@ -298,18 +302,7 @@ class Transformer(nnx.Module):
       for i, block in enumerate(self.blocks):
         x = run_block(block, x, c, mask, positions,
                       None if layer_rngs is None else layer_rngs[i])
-    h = self.norm_out(x)
-    aux = None
-    if cfg.aux_features:
-      h_aux = h
-      if cfg.conditioned:
-        mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.aux_modulation[...].astype(dt))
-        h_aux = h_aux * (1 + mod[:, :, 1]) + mod[:, :, 0]
-      aux = (h_aux @ self.aux_out[...].astype(dt)).astype(jnp.float32) + self.aux_bias[...]
-    if cfg.conditioned:
-      mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.final_modulation[...].astype(dt))
-      h = h * (1 + mod[:, :, 1]) + mod[:, :, 0]
-    return h, aux
+    return self.norm_out(x), c
 
   def head(self, h):
     """The output head on hidden states (batch, length, width) -> float32 logits."""

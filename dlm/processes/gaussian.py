@@ -86,12 +86,6 @@ class GaussianSchedule:
     """Noise std sqrt(1 - alpha_bar), accurate near t = 0."""
     return jnp.sqrt(self._parts(t)[1])
 
-  def log_snr(self, t):
-    """log(alpha^2 / sigma^2) (Kingma et al. 2021 lambda(t)); +inf at t = 0 where sigma(0) = 0,
-    -inf at t = 1 for tan_d."""
-    ab, one_minus = self._parts(t)
-    return jnp.log(ab) - jnp.log(one_minus)
-
   def beta(self, t):
     """VP-SDE rate beta(t) = -d log alpha_bar / dt (closed forms), evaluated at min(t, beta_clip);
     the drift is f = -beta z / 2 and g^2 = beta (Song et al. 2021 eq. 11 in continuous time)."""

@@ -47,7 +47,18 @@ import jax
 import jax.numpy as jnp
 
 from dlm.errors import DlmError
+from dlm.processes import time as time_lib
+from dlm.processes.categorical import zero_masking
 from dlm.processes.schedules import MaskingSchedule
+
+
+def check_parameters(p_uniform: float, gamma: float) -> None:
+  """The uniform share and gamma for which the process is valid (see the module doc)."""
+  if not 0.0 <= p_uniform < 1.0:
+    raise DlmError(f"ccdd.p_uniform must be in [0, 1), got {p_uniform!r}")
+  if not 0.0 < gamma <= 2.0:
+    raise DlmError(f"ccdd.gamma must be in (0, 2] (GIDD's process is valid only there), got "
+                   f"{gamma!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +72,7 @@ class GiddProcess:
   time_eps: float = 1e-4  # training times in (time_eps, 1 - time_eps), as the official code
 
   def __post_init__(self):
-    if not 0.0 <= self.p_uniform < 1.0:
-      raise DlmError(f"ccdd.p_uniform must be in [0, 1), got {self.p_uniform}")
-    if not 0.0 < self.gamma <= 2.0:
-      raise DlmError(f"ccdd.gamma must be in (0, 2] (GIDD's process is valid only there), "
-                     f"got {self.gamma}")
+    check_parameters(self.p_uniform, self.gamma)
     if not 0.0 <= self.time_eps < 0.5:
       raise DlmError(f"time_eps must be in [0, 1/2), got {self.time_eps}")
 
@@ -75,11 +82,7 @@ class GiddProcess:
 
   def sample_time(self, rng, batch_size: int) -> jax.Array:
     """One time per sequence (batch,) in (eps, 1 - eps); stratified when antithetic."""
-    if self.antithetic:
-      u = jnp.mod(jax.random.uniform(rng) + jnp.arange(batch_size) / batch_size, 1.0)
-    else:
-      u = jax.random.uniform(rng, (batch_size,))
-    return self.time_eps + (1.0 - 2.0 * self.time_eps) * u
+    return time_lib.sample_times(rng, batch_size, self.antithetic, self.time_eps)
 
   # The marginal: three scalars per time, for z = x, z = [MASK], z = another token.
 
@@ -133,8 +136,7 @@ class GiddProcess:
   def nelbo(self, logits, x, z, t, maskable) -> jax.Array:
     """Per-token NELBO in nats (batch, length); zero where not maskable."""
     chex.assert_equal_shape((x, z, t, maskable))
-    logits = logits.astype(jnp.float32).at[..., self.mask_id].set(-jnp.inf)
-    x_hat = jax.nn.softmax(logits, axis=-1)
+    x_hat = jax.nn.softmax(zero_masking(logits, self.mask_id), axis=-1)
     log_p = jnp.log(jnp.maximum(self.marginal(x_hat, t), 1e-30))
     log_q = jnp.log(jnp.maximum(self.marginal(jax.nn.one_hot(x, self.vocab_size), t), 1e-30))
     q = jnp.exp(log_q)

@@ -24,6 +24,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from dlm.processes import time as time_lib
+from dlm.processes.categorical import zero_masking
 from dlm.processes.schedules import MaskingSchedule
 
 
@@ -37,10 +39,7 @@ class MaskedProcess:
 
   def sample_time(self, rng: jax.Array, batch_size: int) -> jax.Array:
     """One time per sequence, shape (batch,): in [0, 1), or on the grid {1/T..1}."""
-    if self.antithetic:
-      u = jnp.mod(jax.random.uniform(rng) + jnp.arange(batch_size) / batch_size, 1.0)
-    else:
-      u = jax.random.uniform(rng, (batch_size,))
+    u = time_lib.sample_times(rng, batch_size, self.antithetic)
     if self.timesteps:
       return (jnp.floor(u * self.timesteps) + 1.0) / self.timesteps
     return u
@@ -67,20 +66,14 @@ class MaskedProcess:
     recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
     return diffusion + jnp.where(maskable, recon, 0.0)
 
-  def unmask_probability(self, s, t) -> jax.Array:
-    """Reverse posterior (MDLM eq. 6): P(a masked token at t is revealed by time s < t)."""
-    a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
-    return (a_s - a_t) / (1.0 - a_t)
-
   def log_probs(self, logits, z) -> jax.Array:
     """Zero-masking and carry-over: log p(x | z_t) over the vocabulary, float32."""
-    logits = logits.astype(jnp.float32).at[..., self.mask_id].set(-jnp.inf)
-    log_p = jax.nn.log_softmax(logits, axis=-1)
+    log_p = jax.nn.log_softmax(zero_masking(logits, self.mask_id), axis=-1)
     carried = jax.nn.one_hot(z, logits.shape[-1], dtype=jnp.bool_)
     return jnp.where((z == self.mask_id)[..., None], log_p, jnp.where(carried, 0.0, -jnp.inf))
 
   def log_prob_of(self, logits, x) -> jax.Array:
     """log p(x_l | z_t) under zero-masking, for every position; shape (batch, length)."""
-    logits = logits.astype(jnp.float32).at[..., self.mask_id].set(-jnp.inf)
+    logits = zero_masking(logits, self.mask_id)
     picked = jnp.take_along_axis(logits, x[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)

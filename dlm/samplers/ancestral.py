@@ -16,63 +16,55 @@ tokens from the same pre-drawn uniforms, so for one RNG key they return the same
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
+from dlm.processes.categorical import zero_masking
 from dlm.processes.schedules import MaskingSchedule
+from dlm.processes.time import grid_time
 from dlm.samplers import filtering
 from dlm.samplers.core import (Canvas, Denoiser, SamplerConfig, Samples, block_plan,
-                               block_times, first_step, guided, zero_masking)
-
-
-def time_grid(i, n: int, grid: str):
-  """Time before local step i of n (1 at i = 0, 0 at i = n); md4's uniform or cosine grid."""
-  frac = jnp.asarray(i, jnp.float32) / n
-  if grid == "cosine":
-    return jnp.cos(math.pi / 2.0 * frac)
-  return 1.0 - frac
+                               block_times, first_step, guided, register)
 
 
 def reveal_steps(schedule: MaskingSchedule, u: jax.Array, n: int, grid: str) -> jax.Array:
   """Local step (0..n-1) at which a token masked at t = 1 is revealed, from a uniform u."""
-  after = time_grid(jnp.arange(1, n + 1), n, grid)  # time after each step
+  after = grid_time(jnp.arange(1, n + 1), n, grid)  # time after each step
   a1 = schedule.alpha(jnp.ones(()))
   revealed_by = (schedule.alpha(after) - a1) / (1.0 - a1)  # P(revealed by end of step k)
   revealed_by = revealed_by.at[-1].set(jnp.inf)  # the last step reveals whatever is left
   return jnp.sum(u[..., None] >= revealed_by, axis=-1).astype(jnp.int32)
 
 
-def _setup(schedule, cfg, rng, canvas):
+def _setup(schedule, sampling, rng, canvas):
   batch, length = canvas.tokens.shape
-  blocks, block_len, per_block = block_plan(length, cfg)
+  blocks, block_len, per_block = block_plan(length, sampling)
   block_of = jnp.arange(length) // block_len
   k_reveal, k_draw = jax.random.split(rng)
   u_reveal = jax.random.uniform(k_reveal, (batch, length))
   u_draw = jax.random.uniform(k_draw, (batch, length),
-                              jnp.float64 if cfg.float64 else jnp.float32)
-  step = block_of * per_block + reveal_steps(schedule, u_reveal, per_block, cfg.grid)
+                              jnp.float64 if sampling.float64 else jnp.float32)
+  step = block_of * per_block + reveal_steps(schedule, u_reveal, per_block, sampling.grid)
   return blocks, block_len, per_block, block_of, u_draw, step
 
 
-def _draw(logits, u_draw, cfg, mask_id):
-  logits = filtering.process(zero_masking(logits, mask_id), cfg.temperature, cfg.top_k,
-                             cfg.top_p)
-  return filtering.inverse_cdf(logits, u_draw, cfg.temperature, float64=cfg.float64)
+def _draw(logits, u_draw, sampling, mask_id):
+  logits = filtering.process(zero_masking(logits, mask_id), sampling.temperature, sampling.top_k,
+                             sampling.top_p)
+  return filtering.inverse_cdf(logits, u_draw, sampling.temperature, float64=sampling.float64)
 
 
-def ancestral(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
+def ancestral(denoise: Denoiser, schedule: MaskingSchedule, sampling: SamplerConfig, rng,
               canvas: Canvas, mask_id: int) -> Samples:
-  blocks, block_len, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
-  denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
+  blocks, block_len, per_block, block_of, u_draw, step = _setup(schedule, sampling, rng, canvas)
+  denoise, passes = guided(denoise, canvas.given, mask_id, sampling.cfg_scale)
   generate = ~canvas.given
 
   def body(j, state):
     z, nfe, revealed_at = state
-    t = time_grid(j % per_block, per_block, cfg.grid)
+    t = grid_time(j % per_block, per_block, sampling.grid)
     logits = denoise(z, block_times(t, block_of, j // per_block, canvas.given))
-    x = _draw(logits, u_draw, cfg, mask_id)
+    x = _draw(logits, u_draw, sampling, mask_id)
     reveal = generate & (step == j) & (z == mask_id)
     return (jnp.where(reveal, x, z), nfe + passes, jnp.where(reveal, j, revealed_at))
 
@@ -84,10 +76,10 @@ def ancestral(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, 
   return Samples(z, nfe, revealed_at)
 
 
-def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerConfig, rng,
+def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, sampling: SamplerConfig, rng,
                     canvas: Canvas, mask_id: int) -> Samples:
-  blocks, _, per_block, block_of, u_draw, step = _setup(schedule, cfg, rng, canvas)
-  denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
+  blocks, _, per_block, block_of, u_draw, step = _setup(schedule, sampling, rng, canvas)
+  denoise, passes = guided(denoise, canvas.given, mask_id, sampling.cfg_scale)
   generate = ~canvas.given
   total = blocks * per_block
 
@@ -102,9 +94,9 @@ def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerCo
     z, nfe, revealed_at = state
     j = next_step(z)[:, None]  # each sequence at its own next reveal step
     active = j[:, 0] < total
-    t = time_grid(j % per_block, per_block, cfg.grid)
+    t = grid_time(j % per_block, per_block, sampling.grid)
     logits = denoise(z, block_times(t, block_of[None, :], j // per_block, canvas.given))
-    x = _draw(logits, u_draw, cfg, mask_id)
+    x = _draw(logits, u_draw, sampling, mask_id)
     reveal = generate & (step == j) & (z == mask_id)
     return (jnp.where(reveal, x, z), nfe + passes * active, jnp.where(reveal, j, revealed_at))
 
@@ -113,3 +105,18 @@ def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, cfg: SamplerCo
           jnp.full(canvas.tokens.shape, -1, jnp.int32))
   z, nfe, revealed_at = jax.lax.while_loop(cond, body, init)
   return Samples(z, nfe, revealed_at)
+
+
+@register("masked", "ancestral")
+def ancestral_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas, times=None) -> Samples:
+  del times
+  return ancestral(model.denoise, model.process.schedule, sampling, rng, canvas,
+                   model.process.mask_id)
+
+
+@register("masked", "ancestral_cache")
+def ancestral_cache_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
+                            times=None) -> Samples:
+  del times
+  return ancestral_cache(model.denoise, model.process.schedule, sampling, rng, canvas,
+                         model.process.mask_id)

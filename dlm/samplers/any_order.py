@@ -41,15 +41,11 @@ import jax.numpy as jnp
 
 from dlm.errors import DlmError
 from dlm.samplers import filtering
-from dlm.samplers.core import Canvas, SamplerConfig, Samples, zero_masking
+from dlm.processes.categorical import zero_masking
+from dlm.samplers.core import Canvas, SamplerConfig, Samples, register
 
 ANY_ORDER = ("assd", "sequential")
 CondLogits = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-def check(cfg: SamplerConfig) -> None:
-  if cfg.name == "assd" and (not isinstance(cfg.draft_length, int) or cfg.draft_length < 1):
-    raise DlmError(f"ASSD needs draft_length k >= 1, got {cfg.draft_length!r}")
 
 
 def decoding_order(given: jax.Array):
@@ -65,14 +61,14 @@ def decoding_order(given: jax.Array):
   return rank, order, targets.sum(axis=1).astype(jnp.int32)
 
 
-def _probs(logits, cfg: SamplerConfig, mask_id: int):
+def _probs(logits, sampling: SamplerConfig, mask_id: int):
   """Filtered next-token distributions (greedy: one-hot); [MASK] has probability 0."""
-  logits = filtering.process(zero_masking(logits, mask_id), cfg.temperature, cfg.top_k,
-                             cfg.top_p)
-  if cfg.temperature <= 0:
+  logits = filtering.process(zero_masking(logits, mask_id), sampling.temperature, sampling.top_k,
+                             sampling.top_p)
+  if sampling.temperature <= 0:
     return jax.nn.one_hot(jnp.argmax(logits, axis=-1), logits.shape[-1],
-                          dtype=jnp.float64 if cfg.float64 else jnp.float32)
-  return jax.nn.softmax(logits.astype(jnp.float64 if cfg.float64 else jnp.float32), axis=-1)
+                          dtype=jnp.float64 if sampling.float64 else jnp.float32)
+  return jax.nn.softmax(logits.astype(jnp.float64 if sampling.float64 else jnp.float32), axis=-1)
 
 
 def _draw(probs, rng):
@@ -92,7 +88,7 @@ def _gather(x, positions):
   return jnp.take_along_axis(x, positions[..., None], axis=1)
 
 
-def sequential(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas,
+def sequential(cond: CondLogits, sampling: SamplerConfig, rng, canvas: Canvas,
                mask_id: int) -> Samples:
   """One pass per target, each drawn from p(x_σ(n) | decoded tokens)."""
   rank, order, count = decoding_order(canvas.given)
@@ -103,7 +99,7 @@ def sequential(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas,
     z, done, nfe, revealed, step = state
     active = done < count
     pos = jnp.take_along_axis(order, jnp.minimum(done, length - 1)[:, None], axis=1)
-    probs = _probs(_gather(cond(z, levels), pos), cfg, mask_id)
+    probs = _probs(_gather(cond(z, levels), pos), sampling, mask_id)
     token = _draw(probs, jax.random.fold_in(rng, step))
     z = _scatter(z, pos, token, active[:, None])
     revealed = _scatter(revealed, pos, jnp.full_like(pos, step), active[:, None])
@@ -115,10 +111,9 @@ def sequential(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas,
   return Samples(z.astype(jnp.int32), nfe, revealed)
 
 
-def assd(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int) -> Samples:
-  """Any-subset speculative decoding with k = `cfg.draft_length` drafts per step."""
-  check(cfg)
-  k = cfg.draft_length
+def assd(cond: CondLogits, sampling: SamplerConfig, rng, canvas: Canvas, mask_id: int) -> Samples:
+  """Any-subset speculative decoding with k = `sampling.draft_length` drafts per step."""
+  k = sampling.draft_length  # >= 1 (SamplerConfig)
   rank, order, count = decoding_order(canvas.given)
   batch, length = canvas.tokens.shape
   slots = jnp.arange(k + 1)
@@ -134,7 +129,7 @@ def assd(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int
 
     # 1. Draft: every undecoded target predicted from the decoded tokens alone.
     draft_levels = jnp.minimum(levels, done[:, None] + 1)  # every undecoded target: n + 1
-    q = _probs(_gather(cond(z, draft_levels), window[:, :k]), cfg, mask_id)
+    q = _probs(_gather(cond(z, draft_levels), window[:, :k]), sampling, mask_id)
     draft = _draw(q, rng_draft)  # (batch, k)
     in_draft = slots[:k] < kk[:, None]
 
@@ -144,7 +139,7 @@ def assd(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int
     need_oracle = active & (remaining >= 2)
     p = jax.lax.cond(
         jnp.any(need_oracle),
-        lambda: _probs(_gather(cond(proposed, levels), window), cfg, mask_id),
+        lambda: _probs(_gather(cond(proposed, levels), window), sampling, mask_id),
         lambda: jnp.zeros(q.shape[:1] + (k + 1,) + q.shape[2:], q.dtype))
 
     # 3. Accept while u < p/q (the first draft always); redraw the first rejection.
@@ -178,22 +173,20 @@ def assd(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int
   return Samples(z.astype(jnp.int32), nfe, revealed)
 
 
-def run(cond: CondLogits, cfg: SamplerConfig, rng, canvas: Canvas, mask_id: int) -> Samples:
-  if cfg.name == "assd":
-    return assd(cond, cfg, rng, canvas, mask_id)
-  if cfg.name == "sequential":
-    return sequential(cond, cfg, rng, canvas, mask_id)
-  raise DlmError(f"{cfg.name!r} is not an any-order sampler; choose one of "
+def run(cond: CondLogits, sampling: SamplerConfig, rng, canvas: Canvas, mask_id: int) -> Samples:
+  if sampling.name == "assd":
+    return assd(cond, sampling, rng, canvas, mask_id)
+  if sampling.name == "sequential":
+    return sequential(cond, sampling, rng, canvas, mask_id)
+  raise DlmError(f"{sampling.name!r} is not an any-order sampler; choose one of "
                  f"{', '.join(ANY_ORDER)}")
 
 
-def generate(model, cfg: SamplerConfig, rng, canvas: Canvas) -> Samples:
+def any_order_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas, times=None) -> Samples:
   """A sampler on an `AnyOrderAR` (one segment, positions 0..L-1)."""
-  batch, length = canvas.tokens.shape
-  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  segments = jnp.ones((batch, length), jnp.int32)
+  del times
+  return run(model.denoise, sampling, rng, canvas, model.mask_id)
 
-  def cond(tokens, levels):
-    return model.logits(tokens, levels, segments, positions)
 
-  return run(cond, cfg, rng, canvas, model.mask_id)
+for _name in ANY_ORDER:
+  register("any_order", _name)(any_order_sampler)

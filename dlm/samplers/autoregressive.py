@@ -4,7 +4,7 @@ Given positions (a prompt, a pair's source) are teacher-forced; every other posi
 from p(x_i | x_<i) with temperature, top-k and top-p (`filtering`), greedy at temperature 0.
 Each step recomputes the causal network on the whole canvas (no KV cache: the baseline is a
 judge and a reference, not a serving path); steps at given positions are skipped, so NFE is
-the number of generated positions. A row stops at the first of `cfg.stop_ids` (eos, pads) it
+the number of generated positions. A row stops at the first of `sampling.stop_ids` (eos, pads) it
 draws: its later free positions repeat that token and cost no pass; the loop ends when every
 row has stopped. Position 0 has nothing to condition on, so an unprompted
 canvas starts with `start_token` (eos: in packed training rows a document follows an eos).
@@ -16,27 +16,26 @@ import jax
 import jax.numpy as jnp
 
 from dlm.samplers import filtering
-from dlm.samplers.core import Canvas, SamplerConfig, Samples
-
-AUTOREGRESSIVE = ("autoregressive",)
+from dlm.samplers.core import Canvas, SamplerConfig, Samples, register
 
 
-def autoregressive(model, cfg: SamplerConfig, rng, canvas: Canvas) -> Samples:
+@register("autoregressive", "autoregressive")
+def autoregressive_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
+                           times=None) -> Samples:
+  del times
   batch, length = canvas.tokens.shape
   given = canvas.given
-  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-  segments = jnp.ones((batch, length), jnp.int32)
-  stops = jnp.asarray(cfg.stop_ids or (-1,), jnp.int32)
+  stops = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
 
   def body(state):
     i, z, nfe, stop_at = state
     todo = ~given[:, i] & (stop_at == length)
 
     def draw(z):
-      logits = model.net(z, None, segments, positions)[:, i - 1]
-      logits = filtering.process(logits, cfg.temperature, cfg.top_k, cfg.top_p)
-      return filtering.gumbel_argmax(logits, jax.random.fold_in(rng, i), cfg.temperature,
-                                     float64=cfg.float64)
+      logits = model.denoise(z)[:, i - 1]
+      logits = filtering.process(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+      return filtering.gumbel_argmax(logits, jax.random.fold_in(rng, i), sampling.temperature,
+                                     float64=sampling.float64)
 
     x = jax.lax.cond(jnp.any(todo), draw, lambda z: z[:, i], z)
     stop_at = jnp.where(todo & jnp.isin(x, stops), i, stop_at)

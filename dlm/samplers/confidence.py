@@ -2,7 +2,7 @@
 
 Each block (semi-autoregressive, `block_length`) gets `steps / blocks` steps; blocks count from
 the canvas start, and those before the first one with a position to generate are skipped
-(`first_step`). How many tokens each step reveals (`cfg.reveal`), per row:
+(`first_step`). How many tokens each step reveals (`sampling.reveal`), per row:
 * `even` (default; LLaDA's `get_num_transfer_tokens`): the block's masked tokens spread evenly
   over its steps, the remainder on the first ones;
 * `dream` (Dream `generation_utils.py::_sample`): int(m (1 - s / t)) of the m tokens of the
@@ -26,12 +26,16 @@ filter); the Dream orders in Dream's (`sample_tokens`: temperature, top-p, then 
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
+from dlm.processes.categorical import entropy, zero_masking
+from dlm.processes.time import grid_time
 from dlm.samplers import filtering
 from dlm.samplers.core import (Canvas, Denoiser, SamplerConfig, Samples, block_plan,
-                               block_times, first_step, guided, zero_masking)
+                               block_times, first_step, guided, register)
 
 ORDERS = ("low_confidence", "random", "maskgit_plus", "topk_margin", "entropy")
 DREAM_ORDERS = ("maskgit_plus", "topk_margin", "entropy")
@@ -55,12 +59,12 @@ def dream_count(masked: jax.Array, i, per_block: int) -> jax.Array:
   return jnp.where(i == per_block - 1, masked, k)
 
 
-def _proposal(order: str, logits, cfg: SamplerConfig, rng):
+def _proposal(order: str, logits, sampling: SamplerConfig, rng):
   """(x_0, confidence) per position."""
   k_draw, k_conf = jax.random.split(rng)
-  processed = filtering.process(logits, cfg.temperature, cfg.top_k, cfg.top_p,
+  processed = filtering.process(logits, sampling.temperature, sampling.top_k, sampling.top_p,
                                top_p_first=order in DREAM_ORDERS)
-  x0 = filtering.gumbel_argmax(processed, k_draw, cfg.temperature, float64=cfg.float64)
+  x0 = filtering.gumbel_argmax(processed, k_draw, sampling.temperature, float64=sampling.float64)
   if order == "low_confidence":
     conf = jnp.take_along_axis(jax.nn.softmax(logits, -1), x0[..., None], -1)[..., 0]
   elif order == "random":
@@ -73,18 +77,18 @@ def _proposal(order: str, logits, cfg: SamplerConfig, rng):
       top2 = jax.lax.top_k(probs, 2)[0]
       conf = top2[..., 0] - top2[..., 1]
     elif order == "entropy":
-      conf = jnp.sum(probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), axis=-1)
+      conf = -entropy(processed)
     else:
       raise ValueError(f"unknown order {order!r}")
   return x0, conf
 
 
-def confidence(order: str, denoise: Denoiser, cfg: SamplerConfig, rng, canvas: Canvas,
+def confidence(order: str, denoise: Denoiser, sampling: SamplerConfig, rng, canvas: Canvas,
                mask_id: int) -> Samples:
   batch, length = canvas.tokens.shape
-  blocks, block_len, per_block = block_plan(length, cfg)
+  blocks, block_len, per_block = block_plan(length, sampling)
   block_of = jnp.arange(length) // block_len
-  denoise, passes = guided(denoise, canvas.given, mask_id, cfg.cfg_scale)
+  denoise, passes = guided(denoise, canvas.given, mask_id, sampling.cfg_scale)
   generate = ~canvas.given
   per_block_masked = jnp.sum(generate.reshape(batch, blocks, block_len), axis=-1)
   counts = transfer_counts(per_block_masked, per_block)  # (batch, blocks, per_block)
@@ -92,13 +96,13 @@ def confidence(order: str, denoise: Denoiser, cfg: SamplerConfig, rng, canvas: C
   def body(j, state):
     z, nfe, revealed_at = state
     b, i = j // per_block, j % per_block
-    t = 1.0 - i / per_block
+    t = grid_time(i, per_block)
     logits = zero_masking(denoise(z, block_times(t, block_of, b, canvas.given)), mask_id)
-    x0, conf = _proposal(order, logits, cfg, jax.random.fold_in(rng, j))
+    x0, conf = _proposal(order, logits, sampling, jax.random.fold_in(rng, j))
     candidate = generate & (z == mask_id) & (block_of == b)
     conf = jnp.where(candidate, conf, -jnp.inf)
     rank = jnp.argsort(jnp.argsort(-conf, axis=-1), axis=-1)  # 0 = most confident
-    if cfg.reveal == "dream":
+    if sampling.reveal == "dream":
       k = dream_count(jnp.sum(candidate, axis=-1), i, per_block)
     else:
       k = jax.lax.dynamic_index_in_dim(counts, b, axis=1, keepdims=False)[:, i]
@@ -110,3 +114,13 @@ def confidence(order: str, denoise: Denoiser, cfg: SamplerConfig, rng, canvas: C
   z, nfe, revealed_at = jax.lax.fori_loop(first_step(canvas.given, block_len, per_block),
                                           jnp.int32(blocks * per_block), body, init)
   return Samples(z, nfe, revealed_at)
+
+
+def confidence_sampler(order: str, model, sampling: SamplerConfig, rng, canvas: Canvas,
+                        times=None) -> Samples:
+  del times
+  return confidence(order, model.denoise, sampling, rng, canvas, model.process.mask_id)
+
+
+for _order in ORDERS:
+  register("masked", _order)(functools.partial(confidence_sampler, _order))

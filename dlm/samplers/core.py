@@ -1,57 +1,88 @@
-"""What every masked-diffusion sampler shares: its settings, the canvas, guidance, block plans.
+"""What every sampler shares: its settings, the canvas, the registry; guidance and block plans.
 
 A sampler fills the masked positions of a canvas `(tokens, given)`: `given` positions (a prompt,
 the context around infilled spans) are never changed and have time 0; the others start as
-[MASK]. The model is seen only through a denoiser `(z, t) -> logits` with a per-token time of
-shape (batch, length). Samplers return the tokens, the denoiser calls (NFE) per sequence, and
-the step at which each position was revealed (for replays).
+[MASK]. Samplers return the tokens, the network calls (NFE) per sequence, and the step at which
+each position was revealed (for replays).
+
+Every sampler is registered under its name for one family (`register`) with one signature,
+`fn(model, sampling, rng, canvas, times) -> Samples`: the model of that family (seen through its
+`denoise` and the attributes its family documents), the settings, a key, the canvas and an
+optional explicit time grid. The masked-diffusion samplers themselves see the model only
+through a denoiser `(z, t) -> logits` with a per-token time of shape (batch, length).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
 from dlm.errors import DlmError
+from dlm.processes.time import GRIDS
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 READOUTS = ("mean", "x0")
 REVEALS = ("even", "dream")
 
 
+def _option(default, help_text: str):
+  """A sampler option: a field with its documented default (`help`), which is also its
+  command-line flag in sample.py and dlm.evaluate (`OPTIONS`)."""
+  return dataclasses.field(default=default, metadata={"help": help_text})
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
+  """A sampler's name and settings; the one source of their defaults and checks."""
   name: str = "ancestral"
-  steps: int = 128
-  block_length: int = 0  # semi-autoregressive blocks; 0 = one block
-  temperature: float = 1.0  # 0 = greedy
-  top_k: int = 0  # 0 = off
-  top_p: float = 1.0  # 1 = off
-  float64: bool = False  # draw in float64 (needs jax_enable_x64)
-  cfg_scale: float = 0.0  # classifier-free guidance weight w (LLaDA); 0 = off
-  grid: str = "uniform"  # ancestral time grid: 'uniform' or 'cosine' (md4)
-  z_guidance: float = 1.0  # CCDD guidance w: w f(x, z) + (1 - w) f(x, 0); 1 = off
-  draft_length: int = 5  # ASSD (any_order family): tokens drafted per step, k >= 1
+  steps: int = _option(128, "Denoising steps (passes for some samplers).")
+  block_length: int = _option(0, "Semi-autoregressive block length (0: one block).")
+  temperature: float = _option(1.0, "Sampling temperature (0: greedy).")
+  top_k: int = _option(0, "Top-k filtering (0: off).")
+  top_p: float = _option(1.0, "Nucleus filtering (1: off).")
+  float64: bool = _option(False, "Draw tokens in float64 (LLaDA's Gumbel precision; needs "
+                                 "jax_enable_x64).")
+  cfg_scale: float = _option(0.0, "Classifier-free guidance weight w (LLaDA; prompted "
+                                  "sampling; 0: off).")
+  grid: str = _option("uniform", "Ancestral time grid: 'uniform' or 'cosine' (md4).")
+  z_guidance: float = _option(1.0, "CCDD guidance w on the representation channel: "
+                                   "w f(x, z) + (1 - w) f(x, 0) (1: off).")
+  draft_length: int = _option(5, "ASSD (any_order family): tokens drafted per step, k >= 1.")
   # Tokens that end a sample (`text.fill` sets the tokenizer's eos and pads): the autoregressive
   # sampler stops a row at the first one it draws; fixed-canvas samplers ignore them.
   stop_ids: tuple[int, ...] = ()
-  # Cosmos samplers: what is decoded at t_min. 'mean': the last step's mean, no noise (the
-  # official EulerDiffEqSolver's x_mean); 'x0': one more x0 pass at t_min (one more NFE).
-  readout: str = "mean"
-  # Confidence orders: tokens revealed per step. 'even': LLaDA's `get_num_transfer_tokens`
-  # (an even split of each block's masked tokens over its steps); 'dream': Dream's
-  # int(m (1 - s / t)) of the m still masked on linspace(1, 1e-3, steps + 1), the rest last.
-  reveal: str = "even"
+  readout: str = _option("mean", "Cosmos: decode the last step's 'mean' (no noise; the "
+                                 "official EulerDiffEqSolver's x_mean) or one more 'x0' pass "
+                                 "at t_min (+1 NFE).")
+  reveal: str = _option("even", "Confidence orders: tokens revealed per step, 'even' (LLaDA's "
+                                "get_num_transfer_tokens: each block's masked tokens split "
+                                "evenly over its steps) or 'dream' (Dream's int(m (1 - s/t)) "
+                                "of the m still masked on linspace(1, 1e-3, steps + 1)).")
 
   def __post_init__(self):
-    if self.readout not in READOUTS:
-      raise DlmError(f"unknown readout {self.readout!r}; expected one of {READOUTS}")
-    if self.reveal not in REVEALS:
-      raise DlmError(f"unknown reveal schedule {self.reveal!r}; expected one of {REVEALS}")
+    """Each message starts with the option's name (the command line adds its dashes)."""
+    if not isinstance(self.steps, int) or self.steps <= 0:
+      raise DlmError(f"steps must be positive, got {self.steps!r}")
+    for key in ("block_length", "top_k"):
+      if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+        raise DlmError(f"{key} must be >= 0, got {getattr(self, key)!r}")
+    if not self.temperature >= 0:
+      raise DlmError(f"temperature must be >= 0, got {self.temperature!r}")
+    if not 0 < self.top_p <= 1:
+      raise DlmError(f"top_p must be in (0, 1], got {self.top_p!r}")
+    if not isinstance(self.draft_length, int) or self.draft_length < 1:
+      raise DlmError(f"draft_length must be >= 1, got {self.draft_length!r}")
+    for key, allowed in (("grid", GRIDS), ("readout", READOUTS), ("reveal", REVEALS)):
+      if getattr(self, key) not in allowed:
+        raise DlmError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
+
+
+# The settings a user chooses (flags of sample.py and dlm.evaluate, keywords of `dlm.sample`).
+OPTIONS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if "help" in f.metadata)
 
 
 class Canvas(NamedTuple):
@@ -70,15 +101,15 @@ def blank_canvas(batch: int, length: int, mask_id: int) -> Canvas:
   return Canvas(jnp.full((batch, length), mask_id, jnp.int32), jnp.zeros((batch, length), bool))
 
 
-def block_plan(length: int, cfg: SamplerConfig) -> tuple[int, int, int]:
+def block_plan(length: int, sampling: SamplerConfig) -> tuple[int, int, int]:
   """(number of blocks, block length, steps per block); checks that they divide evenly."""
-  block = cfg.block_length or length
+  block = sampling.block_length or length
   if length % block:
     raise DlmError(f"block_length={block} does not divide the sample length {length}")
   blocks = length // block
-  if cfg.steps <= 0 or cfg.steps % blocks:
-    raise DlmError(f"steps={cfg.steps} must be a positive multiple of the {blocks} blocks")
-  return blocks, block, cfg.steps // blocks
+  if sampling.steps <= 0 or sampling.steps % blocks:
+    raise DlmError(f"steps={sampling.steps} must be a positive multiple of the {blocks} blocks")
+  return blocks, block, sampling.steps // blocks
 
 
 def guided(denoise: Denoiser, given: jax.Array, mask_id: int, scale: float) -> tuple[Denoiser, int]:
@@ -93,11 +124,6 @@ def guided(denoise: Denoiser, given: jax.Array, mask_id: int, scale: float) -> t
     return un + (scale + 1.0) * (cond - un)
 
   return fn, 2
-
-
-def zero_masking(logits: jax.Array, mask_id: int) -> jax.Array:
-  """The model never proposes [MASK] (MDLM's zero-masking parameterisation)."""
-  return logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
 
 
 def first_step(given, block_len: int, per_block: int) -> jax.Array:
@@ -116,3 +142,44 @@ def block_times(t_current, block_of, current_block, given):
   t = jnp.where(block_of < current_block, 0.0, jnp.where(block_of > current_block, 1.0,
                                                           t_current))
   return jnp.where(given, 0.0, t).astype(jnp.float32)
+
+
+# The registry ------------------------------------------------------------------------------
+
+Sampler = Callable[[Any, SamplerConfig, jax.Array, Canvas, Any], Samples]
+
+
+@dataclasses.dataclass(frozen=True)
+class Registered:
+  family: str
+  fn: Sampler
+  check: Callable[[Any, SamplerConfig, Canvas], None] | None = None  # before tracing
+
+
+_SAMPLERS: dict[str, Registered] = {}
+
+
+def register(family: str, name: str, check=None):
+  """Decorator: `fn(model, sampling, rng, canvas, times) -> Samples` samples `family`'s models as
+  `--sampler=name`. Names are unique across families; a family's first is its default.
+  `check(model, sampling, canvas)` raises DlmError on settings the sampler cannot honour, before
+  anything is traced (model and canvas are None when only the settings are known)."""
+
+  def add(fn: Sampler) -> Sampler:
+    if name in _SAMPLERS and _SAMPLERS[name].fn is not fn:
+      raise ValueError(f"a sampler named {name!r} is already registered")
+    _SAMPLERS[name] = Registered(family, fn, check)
+    return fn
+
+  return add
+
+
+def registered(name: str) -> Registered:
+  if name not in _SAMPLERS:
+    raise DlmError(f"unknown sampler {name!r}; choose one of {', '.join(names())}")
+  return _SAMPLERS[name]
+
+
+def names(family: str | None = None) -> tuple[str, ...]:
+  """Every registered sampler's name, or one family's (its default first)."""
+  return tuple(n for n, r in _SAMPLERS.items() if family is None or r.family == family)

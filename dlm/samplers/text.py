@@ -11,10 +11,11 @@ import jax
 import numpy as np
 from flax import nnx
 
-from dlm import samplers
-from dlm import sharding
+from dlm import samplers, sharding
+from dlm.data import pipeline
 from dlm.errors import DlmError
 from dlm.models.transformer import TransformerConfig
+from dlm.samplers.autoregressive import start_token
 from dlm.samplers.core import Canvas, SamplerConfig
 
 _SPAN = re.compile(r"\[MASK(?:\*(\d+))?\]")
@@ -86,8 +87,6 @@ def canvas_template(tokenizer, family: str, *, length: int, prompt: str | None =
   elif prompt:
     tokens, given = prompt_template(tokenizer, prompt, length, add_bos)
   elif source is not None:
-    from dlm.data import pipeline  # pylint: disable=g-import-not-at-top
-
     tokens, given = pipeline.pair_prompt(tokenizer, source, length, source_len)
   else:
     tokens = np.full((length,), tokenizer.mask_id, np.int32)
@@ -95,13 +94,11 @@ def canvas_template(tokenizer, family: str, *, length: int, prompt: str | None =
     if add_bos:
       tokens[0], given[0] = tokenizer.bos_id, True
   if family == "autoregressive" and not given[0]:
-    from dlm.samplers.autoregressive import start_token  # pylint: disable=g-import-not-at-top
-
     tokens[0], given[0] = start_token(tokenizer, add_bos), True
   return tokens, given
 
 
-def sample(model, tokenizer, cfg: SamplerConfig, *, num_samples: int, length: int,
+def sample(model, tokenizer, sampling: SamplerConfig, *, num_samples: int, length: int,
            prompt: str | None = None, infill: str | None = None, source: str | None = None,
            source_len: int = 0, add_bos: bool = False, seed: int = 0, batch_size: int = 0,
            max_length: int | None = None, mesh=None, times=None,
@@ -109,11 +106,11 @@ def sample(model, tokenizer, cfg: SamplerConfig, *, num_samples: int, length: in
   """Generates `num_samples` sequences (`batch_size` at a time, 0 = as many as fit in memory,
   on `mesh`, where the model's parameters live); returns one dict per sample (text, tokens,
   nfe, ...)."""
-  family = samplers.family_of(model)
+  family = model.family
   row = canvas_template(tokenizer, family, length=length, prompt=prompt, infill=infill,
                         source=source, source_len=source_len, add_bos=add_bos,
                         max_length=max_length)
-  return fill(model, tokenizer, cfg, [row] * num_samples, seed=seed, batch_size=batch_size,
+  return fill(model, tokenizer, sampling, [row] * num_samples, seed=seed, batch_size=batch_size,
               mesh=mesh, times=times, progress=progress)
 
 
@@ -142,7 +139,7 @@ def auto_batch_size(model, rows: int, length: int, vocab_size: int, mesh) -> int
   return int(min(rows, per_shard * mesh.shape["data"]))
 
 
-def fill(model, tokenizer, cfg: SamplerConfig, rows, *, seed: int = 0, batch_size: int = 0,
+def fill(model, tokenizer, sampling: SamplerConfig, rows, *, seed: int = 0, batch_size: int = 0,
          mesh=None, times=None, progress: bool = False) -> list[dict]:
   """Samples every canvas row `(tokens, given)` (all of one length), `batch_size` at a time
   (0: as many as fit in memory, `auto_batch_size`), with a progress bar on stderr over several
@@ -152,8 +149,8 @@ def fill(model, tokenizer, cfg: SamplerConfig, rows, *, seed: int = 0, batch_siz
   if not rows:
     return []
   length = len(rows[0][0])
-  samplers.check(cfg, length, samplers.family_of(model))
-  cfg = dataclasses.replace(cfg, stop_ids=tuple(sorted(stop_ids(tokenizer))))
+  samplers.check(sampling, length, model.family)
+  sampling = dataclasses.replace(sampling, stop_ids=tuple(sorted(stop_ids(tokenizer))))
   if mesh is None:
     mesh = data_mesh(min(batch_size or len(rows), len(rows)))
   if not batch_size:
@@ -180,7 +177,7 @@ def fill(model, tokenizer, cfg: SamplerConfig, rows, *, seed: int = 0, batch_siz
       given = np.stack([np.asarray(r[1], bool) for r in chunk])
       canvas = Canvas(jax.device_put(tokens, batch_sharding),
                       jax.device_put(given, batch_sharding))
-      out = samplers.generate(model, cfg, jax.random.fold_in(rng, start), canvas, times)
+      out = samplers.generate(model, sampling, jax.random.fold_in(rng, start), canvas, times)
       out = jax.device_get(out)
       for b in range(n):
         ids = cut(out.tokens[b], given[b], tokenizer)

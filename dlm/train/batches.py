@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from dlm import sharding
-from dlm.data import inputs, pipeline, sources
+from dlm.data import inputs, pipeline
 from dlm.errors import DlmError
 
 
@@ -153,32 +153,41 @@ class TrainBatches:
 def train_batches(config, tokenizer, mesh, saved: SavedPosition | None = None) -> TrainBatches:
   """The run's training batches on `mesh`; `saved` (a checkpoint's data position) fixes the
   stream count when resuming."""
-  d, b = config.data, config.train.batch_size
-  pipeline.check_seq_len(d.seq_len)
+  b = config.train.batch_size
   ways = sharding.batch_axes_size(mesh, config.mesh.rules)
-  if b <= 0 or b % ways:
+  if b % ways:
     raise DlmError(f"train.batch_size={b} cannot be split over the mesh's batch axes "
                    f"({ways} ways)")
-  streams = resolve_streams(d.streams, saved, jax.process_count())
+  streams = resolve_streams(config.data.streams, saved, jax.process_count())
   batch_sharding = pipeline.batch_sharding(mesh, config.mesh.rules)
-  plan_ = plan(streams, b, rows_by_process(batch_sharding, (b, d.seq_len)),
+  plan_ = plan(streams, b, rows_by_process(batch_sharding, (b, config.data.seq_len)),
                jax.process_index())
-  pairs = bool(d.source_feature)
-  docs = (inputs.open_pairs(d, d.train_split) if pairs
-          else sources.open_split(d, d.train_split))
-  if len(docs) < streams:
-    raise DlmError(f"{streams} data streams need at least as many training documents; "
-                   f"the split holds {len(docs)}")
 
   def make_stream(s: int) -> grain.IterDataset:
-    return pipeline.dataset(
-        docs, tokenizer, seq_len=d.seq_len, batch_size=plan_.rows_per_stream,
-        packing=d.packing, add_bos=d.add_bos, shuffle=True, seed=d.seed, num_epochs=None,
-        process_index=s, process_count=streams, prefetch=d.prefetch, pairs=pairs,
-        source_len=d.source_len, pretokenized=d.get("pretokenized", False),
-        response_padding=d.response_padding)
+    return inputs.dataset(config, tokenizer, config.data.train_split, train=True,
+                          batch_size=plan_.rows_per_stream, process_index=s,
+                          process_count=streams)
 
   return TrainBatches(make_stream, plan_, batch_sharding)
+
+
+def first_rows(config, tokenizer, rows: int, what: str) -> list[dict]:
+  """The first `rows` training rows or more (whole local batches of numpy arrays, read on one
+  device), for statistics fitted when a run starts (a PCA, per-channel standardisation). Every
+  process reads the same rows (all streams), so all fit the same statistics."""
+  it = train_batches(config, tokenizer, sharding.make_mesh((1, 1, 1), jax.local_devices()[:1]))
+  out, seen = [], 0
+  try:
+    while seen < rows:
+      out.append(it.next_local())
+      seen += len(out[-1]["tokens"])
+  except StopIteration:
+    pass
+  finally:
+    it.close()
+  if not out:
+    raise DlmError(f"empty dataset: no training rows for {what}")
+  return out
 
 
 def describe_resume(saved: SavedPosition, batches: TrainBatches) -> str:

@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tokenizers
 from etils import epath
 from ml_collections import ConfigDict
 
@@ -353,17 +354,15 @@ class Checkpoints:
     return self._read(step, "config", read)
 
   def read_tokenizer(self, step: int, config) -> Tokenizer:
-    import tokenizers  # pylint: disable=g-import-not-at-top
-
     def read():
       out = self.manager.restore(
           step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))
       return tokenizers.Tokenizer.from_str(json.dumps(out["tokenizer"]))
 
     hf = self._read(step, "tokenizer", read)
-    t = config.data.tokenizer
-    overrides = {k: v for k, v in dict(t.special_tokens).items() if v}
-    return Tokenizer(hf, t.num_reserved_pads, overrides)
+    section = config.data.tokenizer
+    overrides = {k: v for k, v in dict(section.special_tokens).items() if v}
+    return Tokenizer(hf, section.num_reserved_pads, overrides)
 
   def set_aside(self, step: int, kind: str) -> str:
     """Moves step `step` out of the way, to `WORKDIR/<kind>_checkpoints/<step>` (kept for the

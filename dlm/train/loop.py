@@ -20,15 +20,17 @@ import time
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from dlm import config as config_lib
-from dlm import models, sharding
+from dlm import distributed, models, registry, sharding
 from dlm.data import inputs, sources
 from dlm.errors import DlmError, one_line
 from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
 from dlm.train import optimizer as optim
 from dlm.train import pretrained
+from dlm.train import restore
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
 from dlm.train import workdir as workdir_lib
@@ -158,8 +160,6 @@ class Evaluator:
       it.close()
     n = len(local_batches)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
       n = int(np.max(multihost_utils.process_allgather(np.int32(n))))
       high, low = (np.asarray(multihost_utils.process_allgather(part)).sum(axis=0)
                    for part in ((counts >> 30).astype(np.int32),
@@ -195,15 +195,8 @@ class Evaluator:
     return {k: float(v) for k, v in step_lib.summarize(jax.device_get(total)).items()}
 
 
-def _say(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message, file=sys.stderr)
-
-
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
     multihost_utils.sync_global_devices(name)
 
 
@@ -244,30 +237,29 @@ def _resume(ckpts, workdir, config, tokenizer, mesh, abstract_state, wanted: int
   if jax.process_index() == 0:
     for e in damaged:
       where = ckpts.set_aside(e.step, "damaged")
-      _say(f"dlm: skipped the damaged checkpoint at step {e.step} ({e.item}: {e.reason}); "
-           f"moved to {where}")
+      distributed.say(f"dlm: skipped the damaged checkpoint at step {e.step} ({e.item}: "
+                      f"{e.reason}); moved to {where}")
     for s in newer:
-      _say(f"dlm: resuming from step {step}: the checkpoint at step {s} moved to "
-           f"{ckpts.set_aside(s, 'superseded')}")
+      distributed.say(f"dlm: resuming from step {step}: the checkpoint at step {s} moved to "
+                      f"{ckpts.set_aside(s, 'superseded')}")
   _sync("dlm-resume")
   if jax.process_index() != 0 and (damaged or newer):
     ckpts.manager.reload()
   train_it.batches = int(jax.device_get(state.step))  # one batch per step
-  if jax.process_index() == 0:
-    print(batches.describe_resume(saved, train_it), file=sys.stderr)
+  distributed.say(batches.describe_resume(saved, train_it))
   return state, train_it
 
 
 def _check_eval_split(config) -> None:
   """The evaluation split exists and holds documents: found now, not at the first evaluation
   hundreds of steps later."""
-  d = config.data
-  if not d.eval_split:
+  data = config.data
+  if not data.eval_split:
     raise DlmError("data.eval_split is empty: there is no split to evaluate on")
-  if d.source_feature:
-    inputs.open_pairs(d, d.eval_split)
+  if data.source_feature:
+    inputs.open_pairs(data, data.eval_split)
   else:
-    sources.open_split(d, d.eval_split)
+    sources.open_split(data, data.eval_split)
 
 
 def train(config, workdir: str, step: int | None = None) -> dict:
@@ -285,35 +277,39 @@ def train(config, workdir: str, step: int | None = None) -> dict:
 
 
 def _train(config, workdir: str, wanted: int | None) -> dict:
-  t = config.train
+  training = config.train
   mesh = sharding.make_mesh(config.mesh.shape)
   rules = config.mesh.rules
   _check_eval_split(config)
+  family = registry.get(config.model.family)
+  if family.resolve is not None:  # settings adopted from other workdirs, before building
+    family.resolve(config, restore.read_config)
   tokenizer = pretrained.tokenizer(config) or inputs.load_tokenizer(config.data)
   model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
-  abstract_model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(t.seed)))
+  abstract_model = nnx.eval_shape(lambda: model_fn(nnx.Rngs(training.seed)))
   frozen = pretrained.frozen_mask(abstract_model, nnx.to_pure_dict(nnx.state(abstract_model)),
-                                  t.freeze)
-  tx, lr_schedule = optim.optimizer(t, frozen)
-  ckpts = ckpt_lib.Checkpoints(workdir, keep=t.keep_checkpoints, async_save=t.async_checkpoint)
+                                  training.freeze)
+  tx, lr_schedule = optim.optimizer(training, frozen)
+  ckpts = ckpt_lib.Checkpoints(workdir, keep=training.keep_checkpoints,
+                               async_save=training.async_checkpoint)
   graphdef, abstract_state, shardings = state_lib.create_abstract(
-      model_fn, tx, mesh, rules, t.seed)
+      model_fn, tx, mesh, rules, training.seed)
   resumed = _resume(ckpts, workdir, config, tokenizer, mesh,
                     state_lib.abstract(abstract_state, shardings), wanted)
   if resumed is not None:
     state, train_it = resumed
   else:
     train_it = batches.train_batches(config, tokenizer, mesh, None)
-    graphdef, state, shardings = state_lib.create(model_fn, tx, mesh, rules, t.seed)
+    graphdef, state, shardings = state_lib.create(model_fn, tx, mesh, rules, training.seed)
     loaded = pretrained.values(abstract_model, config, tokenizer)
     state = state.replace(params=pretrained.fill(state.params, loaded, shardings.params),
                           ema=pretrained.fill(state.ema, loaded, shardings.ema))
   start = int(jax.device_get(state.step))
   closers = [ckpts.close, train_it.close]
   try:
-    if start > t.steps:
+    if start > training.steps:
       raise DlmError(f"the checkpoint in {workdir!r} is at step {start}, past train.steps="
-                     f"{t.steps}: raise train.steps to continue, or resume from an earlier "
+                     f"{training.steps}: raise train.steps to continue, or resume from an earlier "
                      "checkpoint with --step")
     writer = MetricWriter(workdir, resume_step=start)
     closers.insert(0, writer.close)
@@ -341,9 +337,9 @@ def _close(closers: list, failing: BaseException | None) -> None:
 
 def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings, frozen, state,
          train_it, ckpts, writer, start) -> dict:
-  t = config.train
-  step_fn = step_lib.make_train_step(graphdef, tx, lr_schedule, t, shardings, train_it.sharding,
-                                     frozen)
+  training = config.train
+  step_fn = step_lib.make_train_step(graphdef, tx, lr_schedule, training, shardings,
+                                     train_it.sharding, frozen)
   evaluator = Evaluator(config, tokenizer, mesh,
                         step_lib.make_eval_step(graphdef, shardings.params, train_it.sharding))
   if jax.process_index() == 0:
@@ -355,10 +351,10 @@ def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings,
           f"{dict(mesh.shape)}, {'resuming at step ' + str(start) if start else 'from scratch'}",
           file=sys.stderr)
   progress = None
-  if t.progress and jax.process_index() == 0 and start < t.steps:
+  if training.progress and jax.process_index() == 0 and start < training.steps:
     from tqdm import tqdm  # pylint: disable=g-import-not-at-top
 
-    progress = tqdm(total=t.steps, initial=start, file=sys.stderr, dynamic_ncols=True,
+    progress = tqdm(total=training.steps, initial=start, file=sys.stderr, dynamic_ncols=True,
                     mininterval=1.0)
   last_eval: dict = {}
   saved_at = start if start else None  # the step of the newest checkpoint
@@ -388,11 +384,11 @@ def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings,
     return out
 
   step = start
-  nonfinite = _NonFinite(t.max_nonfinite_steps)
+  nonfinite = _NonFinite(training.max_nonfinite_steps)
   tokens_since, time_since = 0, time.perf_counter()
   try:
     with jax.set_mesh(mesh), _Interrupts() as interrupts:
-      while step < t.steps:
+      while step < training.steps:
         batch = next(train_it)
         state, metrics = step_fn(state, batch)
         step += 1
@@ -410,7 +406,7 @@ def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings,
               f"non-finite loss, gradient or update and were skipped, so the parameters are "
               f"still those of step {nonfinite.first - 1} (checkpoint written at step {step}): "
               "lower train.lr, set train.grad_clip, or resume an earlier checkpoint with --step")
-        if step % t.log_every == 0 or step == t.steps:
+        if step % training.log_every == 0 or step == training.steps:
           nonfinite.flush()
           metrics = jax.device_get(metrics)
           elapsed = time.perf_counter() - time_since
@@ -425,81 +421,21 @@ def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings,
           tokens_since, time_since = 0, time.perf_counter()
         interrupted = interrupts.requested or (
             "SIGTERM" if ckpts.manager.reached_preemption(step) else None)
-        if step % t.checkpoint_every == 0 or step == t.steps or interrupted:
+        if step % training.checkpoint_every == 0 or step == training.steps or interrupted:
           save()
         if interrupted:
           what = "preempted" if interrupted == "SIGTERM" else f"interrupted ({interrupted})"
-          print(f"dlm: {what} at step {step}; checkpoint written", file=sys.stderr)
+          distributed.say(f"dlm: {what} at step {step}; checkpoint written")
           break
-        if step % t.eval_every == 0 or step == t.steps:
+        if step % training.eval_every == 0 or step == training.steps:
           last_eval = evaluate()
           time_since = time.perf_counter()
   finally:
     if progress is not None:
       progress.close()
-  if not last_eval and step >= t.steps:  # a finished run, run again: its logged evaluation
+  if not last_eval and step >= training.steps:  # a finished run, run again: its logged evaluation
     last_eval = writer.find(step, "eval/")
     if last_eval is None:
       with jax.set_mesh(mesh):
         last_eval = evaluate()
   return {"step": step, **last_eval}
-
-
-def read_config(workdir: str, step: int | None = None):
-  """The config stored with a workdir's checkpoint (the latest readable one unless `step`)."""
-  ckpts = ckpt_lib.Checkpoints(workdir, read_only=True, async_save=False)
-  try:
-    steps = ckpts.all_steps()
-    if not steps:
-      raise DlmError(f"no checkpoint in {workdir!r}")
-    if step is not None:
-      return ckpts.read_config(step)
-    for s in steps[::-1]:
-      try:
-        return ckpts.read_config(s)
-      except ckpt_lib.DamagedCheckpoint:
-        if s == steps[0]:
-          raise
-  finally:
-    ckpts.close()
-
-
-def restore_for_sampling(workdir: str, which: str = "ema", step: int | None = None, mesh=None):
-  """(config, tokenizer, model, step) from a workdir's checkpoint (the newest readable one
-  unless `step`): nothing else is needed. The parameters are placed on `mesh` (default: all
-  devices). A damaged newest checkpoint is skipped with a note on stderr; a damaged `step` is
-  an error naming the broken item."""
-  if which not in ("ema", "params"):
-    raise DlmError(f"which parameters: 'ema' or 'params', got {which!r}")
-  ckpts = ckpt_lib.Checkpoints(workdir, read_only=True, async_save=False)
-  try:
-    steps = ckpts.all_steps()
-    if not steps:
-      raise DlmError(f"no checkpoint in {workdir!r}")
-    if step is not None and step not in steps:
-      raise DlmError(f"no checkpoint at step {step} in {workdir!r} (steps: {steps})")
-    mesh = mesh or sharding.make_mesh((-1, 1, 1))
-    damaged = []
-    for s in ([step] if step is not None else steps[::-1]):
-      try:
-        config = ckpts.read_config(s)
-        tokenizer = ckpts.read_tokenizer(s, config)
-        model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
-        tx, _ = optim.optimizer(config.train)
-        graphdef, abstract_state, shardings = state_lib.create_abstract(
-            model_fn, tx, mesh, config.mesh.rules, config.train.seed)
-        params = ckpts.restore_params(
-            s, state_lib.abstract(abstract_state.params, shardings.params), which)
-      except ckpt_lib.DamagedCheckpoint as e:
-        if step is not None:
-          raise
-        damaged.append(e)
-        continue
-      for e in damaged:
-        _say(f"dlm: skipped the damaged checkpoint at step {e.step} ({e.item}: {e.reason}); "
-             f"using step {s}")
-      return config, tokenizer, nnx.merge(graphdef, params), s
-    raise DlmError(f"no intact checkpoint in {workdir!r}: " + "; ".join(
-        f"step {e.step} ({e.item}: {e.reason})" for e in damaged))
-  finally:
-    ckpts.close()

@@ -1,9 +1,11 @@
 """Pretrained and frozen parameters: what a run starts from, and what it never trains.
 
-Three sources fill parameters after the random initialisation (`state.create`), in order:
-  1. the model's own `pretrained(config, tokenizer)` hook, if it has one: a partial pure dict
-     (e.g. a frozen Hugging Face encoder's weights under `encoder/`), read from files named in
-     the config;
+Two sources fill parameters after the random initialisation (`state.create`), in order:
+  1. the family's `pretrained(model, config, tokenizer, sources)` hook (dlm/registry.py), if it
+     has one: a partial pure dict (e.g. a frozen Hugging Face encoder's weights under
+     `encoder/`, statistics fitted on training rows, another stage's model), read from files
+     named in the config and from `Sources` (training rows, other workdirs), so that families
+     never import the data pipeline or the training code;
   2. `train.init_from`: another workdir's checkpoint (its EMA or raw parameters,
      `train.init_which`), placed under the path `train.init_into` ('' = the root, e.g.
      fine-tuning the same model; 'base' for a head trained on a frozen base model).
@@ -16,22 +18,26 @@ dataset keeps the pretrained vocabulary.
 Frozen parameters get no update and no optimizer moments (`optax.multi_transform` with
 `set_to_zero`) and no gradient (`jax.lax.stop_gradient` in the train step, so their weight
 gradients are never computed). A parameter is frozen if it is an `encoders.Frozen` variable,
-if its path starts with one of the model's `frozen_prefixes`, or if its path ("a/b/kernel")
+if its path starts with one of the family's `frozen_prefixes`, or if its path ("a/b/kernel")
 matches the regular expression `train.freeze`. They stay in the train state, so a checkpoint
 still holds the whole model and `sample.py --workdir` needs nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-import sys
 
 import jax
 import numpy as np
 from flax import nnx
 
+from dlm import distributed, registry
 from dlm.errors import DlmError
 from dlm.models.layers import Frozen
+from dlm.train import batches
+from dlm.train import checkpoint as ckpt_lib
+from dlm.train import restore
 
 
 def _path_str(path) -> str:
@@ -52,7 +58,7 @@ def unflat_like(tree, values: dict[str, object]):
 def frozen_mask(abstract_model: nnx.Module, params, pattern: str = ""):
   """A pytree of bools over `params`: True where the parameter is frozen (see module doc)."""
   frozen_vars = set(flat(nnx.to_pure_dict(nnx.state(abstract_model, Frozen))))
-  prefixes = tuple(getattr(abstract_model, "frozen_prefixes", ()))
+  prefixes = registry.get(abstract_model.family).frozen_prefixes
   try:
     regex = re.compile(pattern) if pattern else None
   except re.error as e:
@@ -66,17 +72,32 @@ def frozen_mask(abstract_model: nnx.Module, params, pattern: str = ""):
   return jax.tree_util.tree_map_with_path(one, params)
 
 
-def _from_workdir(workdir: str, which: str, into: str, tokenizer) -> dict[str, np.ndarray]:
-  from dlm.train import loop  # pylint: disable=g-import-not-at-top
+@dataclasses.dataclass(frozen=True)
+class Sources:
+  """What a family's `pretrained` hook may read besides files named in the config."""
 
-  _, saved_tok, model, step = loop.restore_for_sampling(workdir, which=which)
+  config: object
+  tokenizer: object
+
+  def rows(self, n: int, what: str) -> list[dict]:
+    """The first `n` training rows or more (local numpy batches), for statistics fitted when
+    a run starts; `what` names them in the error of an empty dataset."""
+    return batches.first_rows(self.config, self.tokenizer, n, what)
+
+  @staticmethod
+  def restore(workdir: str, which: str = "ema"):
+    """(config, tokenizer, model, step) of another workdir (e.g. a frozen earlier stage)."""
+    return restore.load(workdir, which=which)
+
+
+def _from_workdir(workdir: str, which: str, into: str, tokenizer) -> dict[str, np.ndarray]:
+  _, saved_tok, model, step = restore.load(workdir, which=which)
   if tokenizer is not None and saved_tok.fingerprint != tokenizer.fingerprint:
     raise DlmError(f"train.init_from {workdir!r} was trained with another tokenizer "
                    f"(vocabulary {saved_tok.vocab_size}, now {tokenizer.vocab_size})")
   values = flat(nnx.to_pure_dict(nnx.state(model)))
-  if jax.process_index() == 0:
-    print(f"dlm: initialising {into or 'the model'} from {workdir} (step {step}, {which})",
-          file=sys.stderr)
+  distributed.say(f"dlm: initialising {into or 'the model'} from {workdir} (step {step}, "
+                  f"{which})")
   prefix = into.strip("/") + "/" if into.strip("/") else ""
   return {prefix + k: np.asarray(jax.device_get(v)) for k, v in values.items()}
 
@@ -86,8 +107,6 @@ def tokenizer(config):
   None otherwise (the run loads or trains its own)."""
   if not config.train.init_from or config.data.tokenizer.path:
     return None
-  from dlm.train import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-
   ckpts = ckpt_lib.Checkpoints(config.train.init_from, read_only=True, async_save=False)
   try:
     step = ckpts.latest_step()
@@ -101,14 +120,14 @@ def tokenizer(config):
 def values(abstract_model: nnx.Module, config, tokenizer) -> dict[str, np.ndarray]:
   """Path -> array for every parameter a pretrained source fills (host arrays)."""
   out: dict[str, np.ndarray] = {}
-  hook = getattr(abstract_model, "pretrained", None)
+  hook = registry.get(abstract_model.family).pretrained
   if hook is not None:
-    out.update({k: np.asarray(v) for k, v in flat(hook(config, tokenizer)).items()})
-  t = config.train
-  if t.init_from:
-    if t.init_which not in ("ema", "params"):
-      raise DlmError(f"train.init_which must be 'ema' or 'params', got {t.init_which!r}")
-    out.update(_from_workdir(t.init_from, t.init_which, t.init_into, tokenizer))
+    filled = hook(abstract_model, config, tokenizer, Sources(config, tokenizer))
+    out.update({k: np.asarray(v) for k, v in flat(filled).items()})
+  training = config.train
+  if training.init_from:
+    out.update(_from_workdir(training.init_from, training.init_which, training.init_into,
+                             tokenizer))
   return out
 
 

@@ -106,9 +106,9 @@ def make_train_step(graphdef, tx, lr_schedule, train_cfg, shardings: TrainState,
     # A non-finite loss, gradient or update is skipped: the state stays as it was (the step
     # counter still advances with the data), and the loop counts it (train.max_nonfinite_steps).
     finite = jnp.isfinite(out["loss"]) & _all_finite(grads) & _all_finite(updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    params, opt_state, ema = (keep(params, state.params), keep(opt_state, state.opt_state),
-                              keep(ema, state.ema))
+    params, opt_state, ema = jax.tree.map(lambda n, o: jnp.where(finite, n, o),
+                                          (params, opt_state, ema),
+                                          (state.params, state.opt_state, state.ema))
     out.update(grad_norm=grad_norm, lr=lr_schedule(state.step),
                masked_fraction=metrics.get("masked", 0) / tokens,
                skipped=(~finite).astype(jnp.int32))

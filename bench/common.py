@@ -1,0 +1,37 @@
+"""What the benchmark scripts share: the synthetic model's flags and batches, and printing a
+result table (also into `--out`)."""
+
+import numpy as np
+from absl import flags
+
+
+class Vocab:
+  """A stand-in tokenizer: a synthetic model needs only its vocabulary size and mask id."""
+
+  def __init__(self, size: int):
+    self.vocab_size, self.mask_id = size, size - 1
+
+
+def define_model_flags(*, width: int, depth: int, heads: int, seq_len: int, batch_size: int,
+                       vocab: int, batch_help: str = "Global batch.") -> None:
+  """The synthetic model's shape: --width --depth --heads --seq_len --batch_size --vocab."""
+  for name, value in (("width", width), ("depth", depth), ("heads", heads),
+                      ("seq_len", seq_len), ("vocab", vocab)):
+    flags.DEFINE_integer(name, value, f"Model {name}.")
+  flags.DEFINE_integer("batch_size", batch_size, batch_help)
+
+
+def synthetic_batch(rng: np.random.Generator, shape: tuple[int, ...], vocab: int) -> dict:
+  """Random tokens (never the mask id), one segment per row, positions 0..L-1; `shape` is
+  (..., batch, length)."""
+  return {"tokens": rng.integers(0, vocab - 1, shape, dtype=np.int32),
+          "segment_ids": np.ones(shape, np.int32),
+          "positions": np.broadcast_to(np.arange(shape[-1], dtype=np.int32), shape).copy()}
+
+
+def emit(text: str, out: str | None) -> None:
+  """Prints a result (a markdown table) and writes it to `out` if given."""
+  print(text)
+  if out:
+    with open(out, "w") as f:
+      f.write(text + "\n")
