@@ -34,18 +34,18 @@ def _inputs(seed=0, batch=4, length=16, p_u=0.0, schedule=MaskingSchedule("linea
   x = jax.random.randint(k[0], (batch, length), 0, V - 1)
   t = jnp.broadcast_to(jax.random.uniform(k[1], (batch, 1), minval=0.05, maxval=0.95),
                        (batch, length))
-  maskable = jax.random.uniform(k[2], (batch, length)) < 0.9
-  z = process.forward_sample(k[3], x, t, maskable)
+  scored = jax.random.uniform(k[2], (batch, length)) < 0.9
+  z = process.forward_sample(k[3], x, t, scored)
   logits = jax.random.normal(jax.random.PRNGKey(seed + 100), (batch, length, V)) * 2
-  return process, x, t, maskable, z, logits
+  return process, x, t, scored, z, logits
 
 
 def test_gidd_without_uniform_noise_is_the_masked_nelbo():
-  process, x, t, maskable, z, logits = _inputs()
+  process, x, t, scored, z, logits = _inputs()
   masked = MaskedProcess(MaskingSchedule("linear"), MASK, V)
-  expected = masked.nelbo(masked.log_prob_of(logits, x), z, t, maskable)
-  got = process.nelbo(logits, x, z, t, maskable)
-  assert bool(((z == MASK) & maskable).any())
+  expected = masked.nelbo(masked.log_prob_of(logits, x), z, t, scored)
+  got = process.nelbo(logits, x, z, t, scored)
+  assert bool(((z == MASK) & scored).any())
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
 
 
@@ -237,16 +237,16 @@ def test_ccdd_needs_the_encoders_tokenizer(quickstart, tokenizer):
 
 @pytest.mark.parametrize("p_u", [0.0, 0.2])
 def test_gidd_nelbo_gradient_is_finite_at_times_zero_and_one(p_u):
-  """Given positions sit at t = 0 (not maskable); t = 1 exactly is reachable too. The weight's
+  """Given positions sit at t = 0 (not scored); t = 1 exactly is reachable too. The weight's
   derivative dc/dt is infinite there, which used to reach the gradient as 0 * inf = NaN."""
   process = GiddProcess(MaskingSchedule("linear"), MASK, V, p_uniform=p_u)
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   x = jax.random.randint(k[0], (2, 6), 0, V - 1)
   t = jnp.array([[0.0, 0.0, 1.0, 1.0, 0.5, 0.3]] * 2)
-  maskable = jnp.array([[False, True, False, True, True, True]] * 2)
-  z = process.forward_sample(k[1], x, t, maskable)
+  scored = jnp.array([[False, True, False, True, True, True]] * 2)
+  z = process.forward_sample(k[1], x, t, scored)
   logits = jax.random.normal(k[2], (2, 6, V))
-  value, grad = jax.value_and_grad(lambda l: process.nelbo(l, x, z, t, maskable).sum())(logits)
+  value, grad = jax.value_and_grad(lambda l: process.nelbo(l, x, z, t, scored).sum())(logits)
   assert np.isfinite(float(value))
   assert np.isfinite(np.asarray(grad)).all()
   # Positions strictly inside (0, 1) are unaffected and still learn.

@@ -103,6 +103,8 @@ def test_bad_configs_are_refused_before_any_work(tmp_path):
       (quick + ["--config.train.eval_batches=-1"], "train.eval_batches must be a non-negative"),
       (quick + ["--config.train.keep_checkpoints=0"], "train.keep_checkpoints must be a "
                                                       "positive integer"),
+      (quick + ["--config.model.attention_impl=flash"],
+       "model.attention_impl must be one of ('xla', 'cudnn', 'auto'), got 'flash'"),
       (quick + ["--config.ccdd.gamma=4.0"], "ccdd.gamma must be in (0, 2]"),
       (quick + ["--config.train.stepz=3"],
        "unknown config key 'train.stepz' (from --config.train.stepz=3); did you mean "

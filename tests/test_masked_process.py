@@ -30,8 +30,8 @@ def test_forward_masking_rate(kind):
   process = MaskedProcess(MaskingSchedule(kind), mask_id=7, vocab_size=8)
   x = jnp.zeros((4, 50_000), jnp.int32)
   t = jnp.array([0.1, 0.4, 0.7, 0.95])[:, None] * jnp.ones_like(x, jnp.float32)
-  maskable = jnp.ones_like(x, bool).at[:, :100].set(False)
-  z = process.forward_sample(jax.random.PRNGKey(0), x, t, maskable)
+  scored = jnp.ones_like(x, bool).at[:, :100].set(False)
+  z = process.forward_sample(jax.random.PRNGKey(0), x, t, scored)
   rate = (z[:, 100:] == 7).mean(axis=1)
   np.testing.assert_allclose(rate, 1 - process.schedule.alpha(t[:, 0]), atol=0.01)
   assert (z[:, :100] == 0).all()  # time-0 (prompt) tokens are never masked
@@ -50,10 +50,10 @@ def _mc_nelbo(process, log_p_fn, seqs, p, n=1_000_000, seed=0):
   k_x, k_t, k_z = jax.random.split(rng, 3)
   x = jnp.asarray(seqs)[jax.random.choice(k_x, len(seqs), (n,), p=jnp.asarray(p))]
   t = jnp.broadcast_to(process.sample_time(k_t, n)[:, None], x.shape)
-  maskable = jnp.ones_like(x, bool)
-  z = process.forward_sample(k_z, x, t, maskable)
+  scored = jnp.ones_like(x, bool)
+  z = process.forward_sample(k_z, x, t, scored)
   log_p_x = log_p_fn(z, x)
-  per_seq = process.nelbo(log_p_x, z, t, maskable).sum(axis=1)
+  per_seq = process.nelbo(log_p_x, z, t, scored).sum(axis=1)
   return float(per_seq.mean()), float(per_seq.std() / math.sqrt(n))
 
 

@@ -22,7 +22,7 @@ the masked process's reconstruction term (1 - a(0)) log V, so that p_u = 0 gives
 At the ends of the time interval: for 0 < gamma < 2, c'(t) is infinite at t = 0 and t = 1, and
 every given (prompt / source) token sits at t = 0. So, where p_u > 0, the weights are evaluated
 at a safe time (1/2) wherever t is 0 or 1 and set to 0 there (a time of measure zero), and the
-weight is masked to the maskable positions before it multiplies the divergence (a double
+weight is masked to the scored positions before it multiplies the divergence (a double
 `where`): no inf or NaN reaches the gradient through a branch that is not selected (it did,
 as 0 * inf, on every step with a prompt). With p_u = 0, c = 0 is a constant and the weights
 are the masked process's at every t. Training times are drawn in (eps, 1 - eps), eps = 1e-4,
@@ -103,16 +103,16 @@ class GiddProcess:
     is_mask = jnp.arange(self.vocab_size) == self.mask_id
     return alpha * x_probs + jnp.where(is_mask, bp_m, bp_u)
 
-  def forward_sample(self, rng, x, t, maskable) -> jax.Array:
-    """z_t ~ q_t(. | x), per token; positions that are not maskable stay x."""
-    chex.assert_equal_shape((x, t, maskable))
+  def forward_sample(self, rng, x, t, scored) -> jax.Array:
+    """z_t ~ q_t(. | x), per token; positions that are not scored stay x."""
+    chex.assert_equal_shape((x, t, scored))
     alpha, bp_m, _ = self._parts(t)
     u = jax.random.uniform(rng, x.shape)
     rng_tok = jax.random.fold_in(rng, 1)
     other = jax.random.randint(rng_tok, x.shape, 0, self.vocab_size - 1)
     other = jnp.where(other >= self.mask_id, other + 1, other)  # uniform over non-mask tokens
     z = jnp.where(u < alpha, x, jnp.where(u < alpha + bp_m, self.mask_id, other))
-    return jnp.where(maskable, z, x)
+    return jnp.where(scored, z, x)
 
   def _weights(self, t):
     """ELBO weights (w on z = x, w on [MASK], w on another token) per time (see module doc);
@@ -133,9 +133,9 @@ class GiddProcess:
     w_u = jnp.where(bp_u > 0, num_u / jnp.maximum(bp_u, tiny), 0.0)
     return tuple(jnp.where(edge, 0.0, w) for w in (w_x, w_m, w_u))
 
-  def nelbo(self, logits, x, z, t, maskable) -> jax.Array:
-    """Per-token NELBO in nats (batch, length); zero where not maskable."""
-    chex.assert_equal_shape((x, z, t, maskable))
+  def nelbo(self, logits, x, z, t, scored) -> jax.Array:
+    """Per-token NELBO in nats (batch, length); zero where not scored."""
+    chex.assert_equal_shape((x, z, t, scored))
     x_hat = jax.nn.softmax(zero_masking(logits, self.mask_id), axis=-1)
     log_p = jnp.log(jnp.maximum(self.marginal(x_hat, t), 1e-30))
     log_q = jnp.log(jnp.maximum(self.marginal(jax.nn.one_hot(x, self.vocab_size), t), 1e-30))
@@ -148,9 +148,9 @@ class GiddProcess:
     w = jnp.where(z == x, w_x, jnp.where(z == self.mask_id, w_m, w_u))
     # Masked before it multiplies: the divergence's gradient at unselected positions is then
     # multiplied by 0, never by an inf or NaN weight (the "double where").
-    w = jnp.where(maskable, w, 0.0)
+    w = jnp.where(scored, w, 0.0)
     recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
-    return jnp.where(maskable, w * (kl + is_div) + recon, 0.0)
+    return jnp.where(scored, w * (kl + is_div) + recon, 0.0)
 
   def posterior(self, x_hat, z_t, t, s) -> jax.Array:
     """q(z_s | z_t, x_hat) over the vocabulary (batch, length, V), for s < t (module doc)."""

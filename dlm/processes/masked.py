@@ -2,7 +2,7 @@
 
 Forward process (MDLM eq. 2 / MD4 eq. 1): each token independently stays clean with
 probability alpha(t) and becomes [MASK] otherwise; time is per token, shape (batch, length), so
-clean prompt tokens are simply time 0 (`maskable=False`).
+clean prompt tokens are simply time 0 (`scored=False`).
 
 NELBO in nats (MD4 eq. 5, MDLM eq. 10), summed over tokens:
   continuous time:  sum_{l masked} -alpha'(t)/(1 - alpha(t)) * -log p(x_l | z_t)
@@ -44,11 +44,11 @@ class MaskedProcess:
       return (jnp.floor(u * self.timesteps) + 1.0) / self.timesteps
     return u
 
-  def forward_sample(self, rng, x, t, maskable) -> jax.Array:
-    """z_t ~ q(z_t | x): masks each maskable token with probability 1 - alpha(t)."""
-    chex.assert_equal_shape((x, t, maskable))
+  def forward_sample(self, rng, x, t, scored) -> jax.Array:
+    """z_t ~ q(z_t | x): masks each scored token with probability 1 - alpha(t)."""
+    chex.assert_equal_shape((x, t, scored))
     masked = jax.random.uniform(rng, x.shape) >= self.schedule.alpha(t)
-    return jnp.where(masked & maskable, self.mask_id, x)
+    return jnp.where(masked & scored, self.mask_id, x)
 
   def weight(self, t) -> jax.Array:
     """Per-token NELBO weight for masked positions (continuous or discrete time)."""
@@ -58,13 +58,13 @@ class MaskedProcess:
       return self.timesteps * (a_s - a_t) / (1.0 - a_t)
     return self.schedule.weight(t)
 
-  def nelbo(self, log_p_x, z, t, maskable) -> jax.Array:
-    """Per-token NELBO in nats, shape (batch, length); zero where not maskable."""
-    chex.assert_equal_shape((log_p_x, z, t, maskable))
+  def nelbo(self, log_p_x, z, t, scored) -> jax.Array:
+    """Per-token NELBO in nats, shape (batch, length); zero where not scored."""
+    chex.assert_equal_shape((log_p_x, z, t, scored))
     masked = z == self.mask_id
-    diffusion = jnp.where(masked & maskable, self.weight(t) * -log_p_x, 0.0)
+    diffusion = jnp.where(masked & scored, self.weight(t) * -log_p_x, 0.0)
     recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
-    return diffusion + jnp.where(maskable, recon, 0.0)
+    return diffusion + jnp.where(scored, recon, 0.0)
 
   def log_probs(self, logits, z) -> jax.Array:
     """Zero-masking and carry-over: log p(x | z_t) over the vocabulary, float32."""
