@@ -13,7 +13,6 @@ prints how each was denoised; --html=FILE writes a page that replays it.
 
 import dataclasses
 import json
-import os
 import sys
 
 from absl import app, flags
@@ -23,7 +22,6 @@ from dlm import cli
 from dlm import registry
 from dlm import samplers
 from dlm.errors import DlmError
-from dlm.processes import nonsim
 from dlm.samplers import render, text
 
 cli.define_workdir_flags()
@@ -43,19 +41,6 @@ flags.DEFINE_string("html", None, "Write an HTML page replaying the denoising.")
 FLAGS = flags.FLAGS
 
 
-def _check_output(path: str | None, flag: str) -> None:
-  """An output file's directory exists and is writable, before any sampling."""
-  if path is None:
-    return
-  directory = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path):
-    raise DlmError(f"--{flag}={path!r} is a directory; give a file name")
-  if not os.path.isdir(directory):
-    raise DlmError(f"--{flag}={path!r}: the directory {directory!r} does not exist")
-  if not os.access(directory, os.W_OK):
-    raise DlmError(f"--{flag}={path!r}: the directory {directory!r} is not writable")
-
-
 def main(argv):
   del argv
   with cli.user_errors():
@@ -65,12 +50,10 @@ def main(argv):
     for name in ("length", "batch_size"):
       if FLAGS[name].value < 0:
         raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
-    _check_output(FLAGS.output, "output")
-    _check_output(FLAGS.html, "html")
+    cli.check_output(FLAGS.output)
+    cli.check_output(FLAGS.html, "html")
     options = cli.sampling_options()
-    if FLAGS.sampler:
-      samplers.registered(FLAGS.sampler)  # a DlmError naming the known samplers
-    times = nonsim.load_schedule(FLAGS.schedule) if FLAGS.schedule else None
+    times = cli.schedule_times()
     batch = min(FLAGS.batch_size or FLAGS.num_samples, FLAGS.num_samples)
     with cli.stdout_to_stderr():
       run = dlm.load(workdir, step=FLAGS.step, params=FLAGS.params, mesh=text.data_mesh(batch))

@@ -24,6 +24,7 @@ from ml_collections import config_flags
 from dlm import config as config_lib
 from dlm import distributed
 from dlm import samplers
+from dlm.processes import nonsim
 from dlm.errors import DlmError, exit_on_user_error
 
 FLAGS = flags.FLAGS
@@ -79,15 +80,22 @@ def define_sampling_flags(sampler_help: str = "Sampler (default: the family's fi
 
 def sampling_options() -> dict:
   """The sampler options of the flags (keyword arguments of `dlm.sample`), checked by
-  SamplerConfig; float64 draws switch on jax_enable_x64."""
+  SamplerConfig, and `--sampler` checked to exist; float64 draws switch on jax_enable_x64."""
   options = {name: FLAGS[name].value for name in samplers.OPTIONS}
   try:
     samplers.SamplerConfig(**options)
   except DlmError as e:
     raise DlmError(f"--{e}") from None
+  if FLAGS.sampler:
+    samplers.registered(FLAGS.sampler)  # a DlmError naming the known samplers
   if options["float64"]:
     jax.config.update("jax_enable_x64", True)
   return options
+
+
+def schedule_times():
+  """The extrinsic time schedule of `--schedule` (None without one), read and checked."""
+  return nonsim.load_schedule(FLAGS.schedule) if FLAGS.schedule else None
 
 
 def define_output_flag(help_text: str) -> None:
@@ -95,16 +103,32 @@ def define_output_flag(help_text: str) -> None:
   flags.DEFINE_string("output", None, help_text)
 
 
+def check_output(path: str | None, flag: str = "output") -> None:
+  """An output file's directory exists and is writable, before any work (a result computed
+  for an hour is not lost to a typo)."""
+  if path is None:
+    return
+  directory = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise DlmError(f"--{flag}={path!r} is a directory; give a file name")
+  if not os.path.isdir(directory):
+    raise DlmError(f"--{flag}={path!r}: the directory {directory!r} does not exist")
+  if not os.access(directory, os.W_OK):
+    raise DlmError(f"--{flag}={path!r}: the directory {directory!r} is not writable")
+
+
 def json_command(compute: Callable[[str], dict],
                  write_output: bool = False) -> Callable[[list[str]], None]:
   """`main(argv)` of a command that reads `--workdir` and prints one JSON line (with
-  `write_output`, also into the file `--output`): `compute(workdir) -> result`, user errors as
-  one line, library chatter on stderr."""
+  `write_output`, also into the file `--output`, checked before `compute` as any `--output`
+  is): `compute(workdir) -> result`, user errors as one line, library chatter on stderr."""
 
   def main(argv):
     del argv
     with user_errors():
       where = workdir()
+      if "output" in FLAGS:
+        check_output(FLAGS.output)
       with stdout_to_stderr():
         result = compute(where)
     print_json(result, FLAGS.output if write_output else None)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 
 import jax
@@ -28,7 +27,6 @@ from dlm import api, cli, samplers, textmetrics
 from dlm.data import inputs, pipeline
 from dlm.errors import DlmError
 from dlm.models import encoders
-from dlm.processes import nonsim
 from dlm.samplers import text as sample_text
 from dlm.train import loop
 from dlm.train import restore
@@ -258,21 +256,17 @@ def define_flags() -> None:
 
 def _evaluate_flags(workdir: str) -> dict:
   options = cli.sampling_options()
-  if FLAGS.sampler:
-    samplers.registered(FLAGS.sampler)  # a DlmError naming the known samplers
   for name in ("eval_batches", "num_samples", "num_pairs", "infill_rows"):
     if FLAGS[name].value < 0:
       raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
   if FLAGS.infill_span <= 0:
     raise DlmError("--infill_span must be positive")
-  if FLAGS.output and not os.path.isdir(os.path.dirname(os.path.abspath(FLAGS.output))):
-    raise DlmError(f"--output={FLAGS.output!r}: its directory does not exist")
   return evaluate(workdir, judge_workdir=FLAGS.judge_workdir, which=FLAGS.params,
                   sampler=samplers.SamplerConfig(name=FLAGS.sampler or "", **options),
                   num_samples=FLAGS.num_samples, mauve=FLAGS.mauve,
                   infill_rows=FLAGS.infill_rows, infill_span=FLAGS.infill_span,
                   num_pairs=FLAGS.num_pairs,
-                  times=nonsim.load_schedule(FLAGS.schedule) if FLAGS.schedule else None,
+                  times=cli.schedule_times(),
                   seed=FLAGS.seed, eval_batches=FLAGS.eval_batches)
 
 

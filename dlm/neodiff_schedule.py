@@ -83,6 +83,9 @@ def define_flags() -> None:
 
 
 def _optimise_flags(workdir: str) -> dict:
+  for name, least in (("steps", 1), ("num_pairs", 1), ("init_points", 0), ("iterations", 0)):
+    if FLAGS[name].value < least:
+      raise DlmError(f"--{name} must be >= {least}, got {FLAGS[name].value}")
   return optimise(workdir, FLAGS.steps, num_pairs=FLAGS.num_pairs,
                   init_points=FLAGS.init_points, iterations=FLAGS.iterations, seed=FLAGS.seed,
                   output=FLAGS.output)

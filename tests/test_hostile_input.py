@@ -148,12 +148,17 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
   (tmp_path / "utf/b.txt").write_bytes(b"good line\nbad \xff\xfe line\n")
   (tmp_path / "one").mkdir()
   (tmp_path / "one/a.txt").write_text("a single document cannot fill two splits\n")
+  (tmp_path / "few").mkdir()
+  for name in ("train_a", "train_b", "validation_a"):
+    (tmp_path / f"few/{name}.txt").write_text(f"the document {name} is short\n")
   data = tmp_path / "prepared"
   cases = [
       (f"text:{tmp_path}/empty/*.txt", [], "empty dataset: the files matching"),
       (f"text:{tmp_path}/utf/*.txt", ["--config.data.document_per=line"],
        f"{tmp_path}/utf/b.txt: not valid UTF-8 (line 2, byte 14"),
       (f"text:{tmp_path}/one/*.txt", [], "has no 'validation' documents: the hash split"),
+      (f"text:{tmp_path}/few/{{split}}_*.txt", ["--config.data.streams=4"],
+       "data.streams=4 needs at least as many training documents; the split holds 2"),
   ]
   for i, (dataset, extra, message) in enumerate(cases):
     work = tmp_path / f"work{i}"
@@ -426,3 +431,23 @@ def test_evaluate_takes_its_own_batch_count(reference):
   assert validation["real_tokens"] == 2 * 8 * 32 and "every real token" in validation["counted"]
   _assert_one_error(_run(["-m", "dlm.evaluate", f"--workdir={ref_dir}", "--eval_batches=-1"]),
                     "--eval_batches must be >= 0")
+
+
+def test_bad_evaluation_and_schedule_flags_are_refused_before_any_work(reference, tmp_path):
+  """dlm.evaluate and dlm.neodiff_schedule (an hour of Bayesian optimisation) check their flags
+  and where they will write before loading anything."""
+  ref_dir, _, _ = reference
+  missing = f"--output={tmp_path}/missing/out.json"
+  cases = [
+      (["-m", "dlm.evaluate", missing], "does not exist"),
+      (["-m", "dlm.evaluate", "--infill_span=0"], "--infill_span must be positive"),
+      (["-m", "dlm.evaluate", "--sampler=nope"], "unknown sampler 'nope'"),
+      (["-m", "dlm.neodiff_schedule", missing], "does not exist"),
+      (["-m", "dlm.neodiff_schedule", f"--output={tmp_path}"], "is a directory"),
+      (["-m", "dlm.neodiff_schedule", "--steps=0"], "--steps must be >= 1, got 0"),
+  ]
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    procs = list(pool.map(lambda case: _run([*case[0], f"--workdir={ref_dir}"]), cases))
+  for (_, message), proc in zip(cases, procs):
+    _assert_one_error(proc, message)
+  assert not (tmp_path / "missing").exists()

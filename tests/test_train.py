@@ -332,6 +332,22 @@ def test_autoregressive_sampling_stops_each_row_at_its_eos(tiny, tokenizer):
   assert len(stops) > 1  # rows stop at their own positions
 
 
+@pytest.mark.parametrize("flags, stopped", [
+    ([0, 1, 1, 1, 0, 0], (2, 4)),  # exactly `limit` in a row, then a good step: stop
+    ([1, 1, 0, 1, 1, 0], None),  # never `limit` in a row
+    ([1, 1, 1, 1, 1, 1], (1, 3)),  # the first run of `limit` is the one reported
+])
+def test_non_finite_steps_stop_after_limit_in_a_row(flags, stopped):
+  """The loop reads a step's flag when the next one is queued; `limit` skipped steps in a row
+  stop the run whatever the step after them does."""
+  counter = loop._NonFinite(3)  # pylint: disable=protected-access
+  for step, flag in enumerate(flags, start=1):
+    counter.push(step, flag)
+  counter.flush()
+  assert counter.stopped == stopped
+  assert counter.since_log == sum(flags)
+
+
 def test_a_non_finite_step_changes_nothing_but_the_step_count(tiny, tokenizer):
   """A NaN anywhere in the loss or gradients skips the update: parameters, optimizer moments
   and EMA stay bit for bit, the step counter advances, `skipped` says so."""

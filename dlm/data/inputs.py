@@ -2,7 +2,8 @@
 
 `load_tokenizer(config.data)` returns the configured tokenizer: the file at
 `data.tokenizer.path`, or a byte-level BPE trained once on the training split and cached next
-to the prepared dataset. `dataset` is a split's grain dataset as the config describes it;
+to the prepared dataset. `documents` opens a split, `dataset` makes its grain dataset as the
+config describes it;
 `eval_iterator` returns the evaluation split's global batches on a mesh (training batches:
 dlm/train/batches.py).
 
@@ -72,30 +73,34 @@ def _bpe_texts(data_cfg):
   """The BPE's training texts and their count: the train split's first documents (or pairs,
   both sides), `data.tokenizer.train_documents` of them (0 = all)."""
   limit = data_cfg.tokenizer.train_documents
-  if data_cfg.source_feature:
-    pairs = open_pairs(data_cfg, data_cfg.train_split)
-    n = min(len(pairs), limit) if limit else len(pairs)
-    return (text for i in range(n) for text in pairs[i]), 2 * n
-  docs = sources.open_split(data_cfg, data_cfg.train_split)
+  docs = documents(data_cfg, data_cfg.train_split)
   n = min(len(docs), limit) if limit else len(docs)
+  if data_cfg.source_feature:
+    return (text for i in range(n) for text in docs[i]), 2 * n
   return (docs[i] for i in range(n)), n
 
 
-def dataset(config, tokenizer, split: str, *, train: bool, batch_size: int,
+def documents(data_cfg, split: str) -> sources.Documents:
+  """One split's documents, prepared if needed: (source, target) pairs with
+  `data.source_feature`, else texts."""
+  if data_cfg.source_feature:
+    return open_pairs(data_cfg, split)
+  return sources.open_split(data_cfg, split)
+
+
+def dataset(config, tokenizer, docs: sources.Documents, *, train: bool, batch_size: int,
             process_index: int, process_count: int):
-  """The grain dataset of one split as a config describes it (the one place the `data`
-  section's keys reach `pipeline.dataset`): `train` shuffles and repeats without end;
+  """The grain dataset of a split's `documents` as a config describes it (the one place the
+  `data` section's keys reach `pipeline.dataset`): `train` shuffles and repeats without end;
   otherwise one pass in order, the last batch filled with empty rows. `process_index` of
   `process_count` takes documents i, i + n, ... (a process's shard, or a training stream)."""
   data = config.data
-  pairs = bool(data.source_feature)
-  docs = open_pairs(data, split) if pairs else sources.open_split(data, split)
   return pipeline.dataset(
       docs, tokenizer, seq_len=data.seq_len, batch_size=batch_size, packing=data.packing,
       add_bos=data.add_bos, shuffle=train, seed=data.seed, num_epochs=None if train else 1,
       process_index=process_index, process_count=process_count, prefetch=data.prefetch,
-      pairs=pairs, source_len=data.source_len, pretokenized=data.pretokenized,
-      response_padding=data.response_padding)
+      pairs=bool(data.source_feature), source_len=data.source_len,
+      pretokenized=data.pretokenized, response_padding=data.response_padding)
 
 
 def eval_iterator(config, tokenizer, mesh) -> pipeline.BatchIterator:
@@ -104,6 +109,7 @@ def eval_iterator(config, tokenizer, mesh) -> pipeline.BatchIterator:
   if not config.data.eval_split:
     raise DlmError("data.eval_split is empty: there is no split to evaluate on")
   per_process = pipeline.split_batch(config.train.batch_size, mesh, config.mesh.rules)
-  ds = dataset(config, tokenizer, config.data.eval_split, train=False, batch_size=per_process,
-               process_index=jax.process_index(), process_count=jax.process_count())
+  ds = dataset(config, tokenizer, documents(config.data, config.data.eval_split), train=False,
+               batch_size=per_process, process_index=jax.process_index(),
+               process_count=jax.process_count())
   return pipeline.BatchIterator(ds, pipeline.batch_sharding(mesh, config.mesh.rules))

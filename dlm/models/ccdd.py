@@ -214,13 +214,7 @@ class CCDD(nnx.Module):
 def fit_pca(encoder, rows: list[dict], latent_dim: int) -> dict:
   """Principal directions of the standardised encoder states of training rows, scaled so that
   each latent channel has unit variance: {'pca_mean', 'pca_proj'}."""
-  graphdef, state = nnx.split(encoder)
-  run = jax.jit(lambda s, ids, m: standardize(nnx.merge(graphdef, s)(ids, m)))
-  states = []
-  for local in rows:
-    real = local["segment_ids"] > 0
-    states.append(np.asarray(run(state, local["tokens"], real.astype(np.int32)))[real])
-  h = np.concatenate(states).astype(np.float64)
+  h = encoders.token_states(encoder, rows, standardize)
   mean = h.mean(0)
   _, s, vt = np.linalg.svd(h - mean, full_matrices=False)
   std = s[:latent_dim] / np.sqrt(max(len(h) - 1, 1))

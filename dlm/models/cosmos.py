@@ -401,13 +401,7 @@ def build_diffusion(config, tokenizer, rngs: nnx.Rngs) -> CosmosDiffusion:
 
 def _encoder_statistics(encoder, rows) -> dict:
   """The encoder's last hidden states' mean and std per channel over the real tokens of rows."""
-  graphdef, weights = nnx.split(encoder)
-  run = jax.jit(lambda w, ids, m: nnx.merge(graphdef, w)(ids, m))
-  states = []
-  for local in rows:
-    real = local["segment_ids"] > 0
-    states.append(np.asarray(run(weights, local["tokens"], real.astype(np.int32)))[real])
-  h = np.concatenate(states).astype(np.float64)
+  h = encoders.token_states(encoder, rows)
   return {"enc_mean": h.mean(0).astype(np.float32),
           "enc_std": np.maximum(h.std(0), 1e-6).astype(np.float32)}
 

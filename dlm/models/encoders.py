@@ -424,6 +424,20 @@ def default_model_dir() -> pathlib.Path:
   return model_dir
 
 
+def token_states(encoder: BertEncoder, rows, transform=None) -> np.ndarray:
+  """The encoder's last hidden states at the real tokens of training rows (dicts with `tokens`
+  and `segment_ids`, 0 on padding), optionally `transform`ed, as one float64 array (n, H):
+  what statistics and projections of the encoder are fitted on."""
+  graphdef, weights = nnx.split(encoder)
+  post = transform or (lambda h: h)
+  run = jax.jit(lambda w, ids, m: post(nnx.merge(graphdef, w)(ids, m)))
+  states = []
+  for local in rows:
+    real = local["segment_ids"] > 0
+    states.append(np.asarray(run(weights, local["tokens"], real.astype(np.int32)))[real])
+  return np.concatenate(states).astype(np.float64)
+
+
 # --- Sentence embeddings (sentence-transformers mean pooling) -----------------------------
 
 def mean_pool(hidden: jax.Array, attention_mask: jax.Array) -> jax.Array:

@@ -162,11 +162,11 @@ def train_batches(config, tokenizer, mesh, saved: SavedPosition | None = None) -
   batch_sharding = pipeline.batch_sharding(mesh, config.mesh.rules)
   plan_ = plan(streams, b, rows_by_process(batch_sharding, (b, config.data.seq_len)),
                jax.process_index())
+  docs = inputs.documents(config.data, config.data.train_split)
 
   def make_stream(s: int) -> grain.IterDataset:
-    return inputs.dataset(config, tokenizer, config.data.train_split, train=True,
-                          batch_size=plan_.rows_per_stream, process_index=s,
-                          process_count=streams)
+    return inputs.dataset(config, tokenizer, docs, train=True, batch_size=plan_.rows_per_stream,
+                          process_index=s, process_count=streams)
 
   return TrainBatches(make_stream, plan_, batch_sharding)
 

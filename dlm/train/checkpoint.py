@@ -44,6 +44,7 @@ from dlm import config as config_lib
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
 from dlm.train import batches as batches_lib
+from dlm.train import workdir as workdir_lib
 from dlm.train.state import TrainState
 
 ARRAY_ITEMS = ("params", "ema", "opt_state", "meta")
@@ -200,9 +201,7 @@ def _absl_quiet():
 
 
 def checkpoint_dir(workdir: str) -> str:
-  if "://" in workdir:
-    raise DlmError(f"workdir {workdir!r} is not a local path: dlm writes workdirs on local or "
-                   "mounted file systems (mount a bucket with gcsfuse or similar)")
+  workdir_lib.check_local(workdir)
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
@@ -260,6 +259,26 @@ class Checkpoints:
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
+
+  def first_intact(self, read, step: int | None = None, hint: str = ""):
+    """`(s, read(s), skipped)`: `read` of step `step`, or of the newest step it succeeds on
+    (`skipped`: the DamagedCheckpoints of the newer ones). A missing step, or no intact step,
+    is a DlmError (`hint` added to the latter); a damaged `step` named explicitly raises."""
+    steps = self.all_steps()
+    if not steps:
+      raise DlmError(f"no checkpoint in {self.workdir!r}")
+    if step is not None and step not in steps:
+      raise DlmError(f"no checkpoint at step {step} in {self.workdir!r} (steps: {steps})")
+    skipped = []
+    for s in [step] if step is not None else steps[::-1]:
+      try:
+        return s, read(s), skipped
+      except DamagedCheckpoint as e:
+        if step is not None:
+          raise
+        skipped.append(e)
+    raise DlmError(f"no intact checkpoint in {self.workdir!r}: " + "; ".join(
+        f"step {e.step} ({e.item}: {e.reason})" for e in skipped) + hint)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 
 from dlm import config as config_lib
 from dlm import distributed, models, registry, sharding
-from dlm.data import inputs, sources
+from dlm.data import inputs
 from dlm.errors import DlmError, one_line
 from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
@@ -66,7 +66,8 @@ class _Interrupts:
 
 class _NonFinite:
   """Counts skipped (non-finite) steps without a device sync per step: a step's flag is read
-  when the next step is already queued (`push`), or at once by `flush`."""
+  when the next step is already queued (`push`), or at once by `flush`. `stopped` holds the
+  (first, last) steps of the first run of `limit` skipped steps in a row."""
 
   def __init__(self, limit: int):
     self.limit = limit
@@ -74,6 +75,7 @@ class _NonFinite:
     self.run = 0  # consecutive skipped steps so far
     self.first = 0  # the first step of that run
     self.since_log = 0
+    self.stopped: tuple[int, int] | None = None
 
   def push(self, step: int, flag) -> None:
     self.flush()
@@ -84,16 +86,15 @@ class _NonFinite:
       return
     step, flag = self.pending
     self.pending = None
-    if int(jax.device_get(flag)):
-      self.since_log += 1
-      self.run += 1
-      self.first = self.first if self.run > 1 else step
-    else:
+    if not int(jax.device_get(flag)):
       self.run = 0
-
-  @property
-  def exceeded(self) -> bool:
-    return self.run >= self.limit
+      return
+    self.since_log += 1
+    self.run += 1
+    if self.run == 1:
+      self.first = step
+    if self.run == self.limit and self.stopped is None:
+      self.stopped = (self.first, step)
 
 
 # Keys that describe the network; resuming with any of them changed is refused. The others
@@ -206,33 +207,22 @@ def _resume(ckpts, workdir, config, tokenizer, mesh, abstract_state, wanted: int
   skipped, said so and moved to `WORKDIR/damaged_checkpoints`; an incompatible one (another
   model, tokenizer or data order) is an error."""
   steps = ckpts.all_steps()
-  if wanted is not None and wanted not in steps:
-    raise DlmError(f"no checkpoint at step {wanted} in {workdir!r} (steps: {steps})")
-  if not steps:
+  if not steps and wanted is None:
     return None
-  candidates = [wanted] if wanted is not None else steps[::-1]
-  damaged = []
-  for step in candidates:
+
+  def read(step):
+    saved = ckpts.data_position(step)
+    stored = ckpts.read_config(step)
+    _check_compatible(ckpts, step, stored, config, tokenizer, abstract_state.params, workdir)
+    train_it = batches.train_batches(config, tokenizer, mesh, saved)
     try:
-      saved = ckpts.data_position(step)
-      stored = ckpts.read_config(step)
-      _check_compatible(ckpts, step, stored, config, tokenizer, abstract_state.params, workdir)
-      train_it = batches.train_batches(config, tokenizer, mesh, saved)
-      try:
-        state = ckpts.restore(step, abstract_state, train_it)
-      except BaseException:
-        train_it.close()
-        raise
-    except ckpt_lib.DamagedCheckpoint as e:
-      if wanted is not None:
-        raise
-      damaged.append(e)
-      continue
-    break
-  else:
-    raise DlmError(f"no intact checkpoint in {workdir!r}: " + "; ".join(
-        f"step {e.step} ({e.item}: {e.reason})" for e in damaged) + " (move them away to start "
-                   "over)")
+      return saved, ckpts.restore(step, abstract_state, train_it), train_it
+    except BaseException:
+      train_it.close()
+      raise
+
+  step, (saved, state, train_it), damaged = ckpts.first_intact(
+      read, wanted, hint=" (move them away to start over)")
   newer = [s for s in steps if s > step] if wanted is not None else []
   if jax.process_index() == 0:
     for e in damaged:
@@ -250,16 +240,19 @@ def _resume(ckpts, workdir, config, tokenizer, mesh, abstract_state, wanted: int
   return state, train_it
 
 
-def _check_eval_split(config) -> None:
-  """The evaluation split exists and holds documents: found now, not at the first evaluation
-  hundreds of steps later."""
+def _check_splits(config) -> None:
+  """Both splits exist and hold documents, the training split at least one per configured
+  stream: found before anything is written, not at the first evaluation hundreds of steps
+  later. (With `data.streams=0`, one stream per process, the pipeline names a process that
+  gets no documents.)"""
   data = config.data
   if not data.eval_split:
     raise DlmError("data.eval_split is empty: there is no split to evaluate on")
-  if data.source_feature:
-    inputs.open_pairs(data, data.eval_split)
-  else:
-    sources.open_split(data, data.eval_split)
+  inputs.documents(data, data.eval_split)
+  train_docs = inputs.documents(data, data.train_split)
+  if data.streams > len(train_docs):
+    raise DlmError(f"data.streams={data.streams} needs at least as many training documents; "
+                   f"the split holds {len(train_docs)}")
 
 
 def train(config, workdir: str, step: int | None = None) -> dict:
@@ -280,7 +273,7 @@ def _train(config, workdir: str, wanted: int | None) -> dict:
   training = config.train
   mesh = sharding.make_mesh(config.mesh.shape)
   rules = config.mesh.rules
-  _check_eval_split(config)
+  _check_splits(config)
   family = registry.get(config.model.family)
   if family.resolve is not None:  # settings adopted from other workdirs, before building
     family.resolve(config, restore.read_config)
@@ -395,17 +388,7 @@ def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings,
         nonfinite.push(step, metrics.pop("skipped"))
         if progress is not None:
           progress.update(1)
-        tokens_since += config.train.batch_size * config.data.seq_len
-        if nonfinite.exceeded:
-          nonfinite.flush()  # this step too: it may have ended the run of bad ones
-        if nonfinite.exceeded:
-          save()
-          ckpts.wait()
-          raise DlmError(
-              f"{nonfinite.run} consecutive training steps ({nonfinite.first}-{step}) had a "
-              f"non-finite loss, gradient or update and were skipped, so the parameters are "
-              f"still those of step {nonfinite.first - 1} (checkpoint written at step {step}): "
-              "lower train.lr, set train.grad_clip, or resume an earlier checkpoint with --step")
+        tokens_since += training.batch_size * config.data.seq_len
         if step % training.log_every == 0 or step == training.steps:
           nonfinite.flush()
           metrics = jax.device_get(metrics)
@@ -419,6 +402,15 @@ def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings,
             progress.set_postfix(loss=f"{float(metrics['loss']):.3f}",
                                  tok_s=f"{tokens_since / elapsed:.0f}")
           tokens_since, time_since = 0, time.perf_counter()
+        if nonfinite.stopped:  # seen one step late, or at once at a log step or the last
+          first, last = nonfinite.stopped
+          save()
+          ckpts.wait()
+          raise DlmError(
+              f"{training.max_nonfinite_steps} consecutive training steps ({first}-{last}) had "
+              "a non-finite loss, gradient or update and were skipped (the parameters did not "
+              f"change over them; checkpoint written at step {step}): lower train.lr, set "
+              "train.grad_clip, or resume an earlier checkpoint with --step")
         interrupted = interrupts.requested or (
             "SIGTERM" if ckpts.manager.reached_preemption(step) else None)
         if step % training.checkpoint_every == 0 or step == training.steps or interrupted:

@@ -108,11 +108,8 @@ def tokenizer(config):
   if not config.train.init_from or config.data.tokenizer.path:
     return None
   ckpts = ckpt_lib.Checkpoints(config.train.init_from, read_only=True, async_save=False)
-  try:
-    step = ckpts.latest_step()
-    if step is None:
-      raise DlmError(f"train.init_from {config.train.init_from!r} holds no checkpoint")
-    return ckpts.read_tokenizer(step, ckpts.read_config(step))
+  try:  # the newest intact checkpoint's, as `restore.load` then reads its parameters
+    return ckpts.first_intact(lambda s: ckpts.read_tokenizer(s, ckpts.read_config(s)))[1]
   finally:
     ckpts.close()
 

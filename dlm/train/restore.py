@@ -17,59 +17,39 @@ from dlm.train import state as state_lib
 
 
 def read_config(workdir: str, step: int | None = None):
-  """The config stored with a workdir's checkpoint (the latest readable one unless `step`)."""
+  """The config stored with a workdir's checkpoint (the newest readable one unless `step`)."""
   ckpts = ckpt_lib.Checkpoints(workdir, read_only=True, async_save=False)
   try:
-    steps = ckpts.all_steps()
-    if not steps:
-      raise DlmError(f"no checkpoint in {workdir!r}")
-    if step is not None:
-      return ckpts.read_config(step)
-    for s in steps[::-1]:
-      try:
-        return ckpts.read_config(s)
-      except ckpt_lib.DamagedCheckpoint:
-        if s == steps[0]:
-          raise
+    return ckpts.first_intact(ckpts.read_config, step)[1]
   finally:
     ckpts.close()
 
 
 def load(workdir: str, which: str = "ema", step: int | None = None, mesh=None):
-  """(config, tokenizer, model, step) from a workdir's checkpoint (the newest readable one
+  """(config, tokenizer, model, step) from a workdir's checkpoint (the newest intact one
   unless `step`): nothing else is needed. The parameters (`which`: 'ema' or 'params') are
   placed on `mesh` (default: all devices)."""
   if which not in ("ema", "params"):
     raise DlmError(f"which parameters: 'ema' or 'params', got {which!r}")
+  mesh = mesh or sharding.make_mesh((-1, 1, 1))
+
+  def read(s):
+    config = ckpts.read_config(s)
+    tokenizer = ckpts.read_tokenizer(s, config)
+    model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
+    tx, _ = optim.optimizer(config.train)
+    graphdef, abstract_state, shardings = state_lib.create_abstract(
+        model_fn, tx, mesh, config.mesh.rules, config.train.seed)
+    params = ckpts.restore_params(
+        s, state_lib.abstract(abstract_state.params, shardings.params), which)
+    return config, tokenizer, nnx.merge(graphdef, params)
+
   ckpts = ckpt_lib.Checkpoints(workdir, read_only=True, async_save=False)
   try:
-    steps = ckpts.all_steps()
-    if not steps:
-      raise DlmError(f"no checkpoint in {workdir!r}")
-    if step is not None and step not in steps:
-      raise DlmError(f"no checkpoint at step {step} in {workdir!r} (steps: {steps})")
-    mesh = mesh or sharding.make_mesh((-1, 1, 1))
-    damaged = []
-    for s in ([step] if step is not None else steps[::-1]):
-      try:
-        config = ckpts.read_config(s)
-        tokenizer = ckpts.read_tokenizer(s, config)
-        model_fn = lambda rngs: models.build(config, tokenizer, rngs)  # noqa: E731
-        tx, _ = optim.optimizer(config.train)
-        graphdef, abstract_state, shardings = state_lib.create_abstract(
-            model_fn, tx, mesh, config.mesh.rules, config.train.seed)
-        params = ckpts.restore_params(
-            s, state_lib.abstract(abstract_state.params, shardings.params), which)
-      except ckpt_lib.DamagedCheckpoint as e:
-        if step is not None:
-          raise
-        damaged.append(e)
-        continue
-      for e in damaged:
-        distributed.say(f"dlm: skipped the damaged checkpoint at step {e.step} ({e.item}: "
-                        f"{e.reason}); using step {s}")
-      return config, tokenizer, nnx.merge(graphdef, params), s
-    raise DlmError(f"no intact checkpoint in {workdir!r}: " + "; ".join(
-        f"step {e.step} ({e.item}: {e.reason})" for e in damaged))
+    s, (config, tokenizer, model), skipped = ckpts.first_intact(read, step)
   finally:
     ckpts.close()
+  for e in skipped:
+    distributed.say(f"dlm: skipped the damaged checkpoint at step {e.step} ({e.item}: "
+                    f"{e.reason}); using step {s}")
+  return config, tokenizer, model, s

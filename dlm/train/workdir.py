@@ -17,11 +17,16 @@ from dlm.errors import DlmError
 LOCK_FILE = "train.lock"
 
 
-def prepare(workdir: str) -> None:
-  """Creates `workdir` if needed and checks that files can be written there."""
+def check_local(workdir: str) -> None:
+  """A workdir is a local (or mounted) path, not a URL."""
   if "://" in workdir:
     raise DlmError(f"workdir {workdir!r} is not a local path: dlm writes workdirs on local or "
                    "mounted file systems (mount a bucket with gcsfuse or similar)")
+
+
+def prepare(workdir: str) -> None:
+  """Creates `workdir` if needed and checks that files can be written there."""
+  check_local(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
