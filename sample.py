@@ -1,11 +1,15 @@
 """Sample from a checkpoint: python sample.py --workdir=DIR [--num_samples=K] [--steps=S]
     [--sampler=NAME] [--prompt=TEXT | --infill="text [MASK*5] text" | --source=TEXT]
-    [sampler options]
+    [sampler options] [--chat [--system=TEXT]] [--mesh=DATA,FSDP,TENSOR]
 
 The checkpoint holds the model's config and tokenizer; nothing else is needed. Any family:
 masked, continuous, neodiff, autoregressive, ccdd, cosmos, any_order, joint_head (the sampler
 defaults to the family's first).
---source conditions a model trained on (source, target) pairs; --schedule loads an optimised
+--chat renders --prompt with an instruct model's chat template (python -m dlm.convert) and
+prints the answer, which also ends at the model's end-of-turn token; --mesh shards the
+parameters (FSDP/tensor axes, the training rules) for models no one device holds, and the
+memory per device is printed before sampling. --source conditions a model trained on (source,
+target) pairs; --schedule loads an optimised
 extrinsic time schedule (NeoDiff, `python -m dlm.neodiff_schedule`). Samples end at the first
 generated eos. --output=FILE.jsonl keeps them with their settings; --show_steps
 prints how each was denoised; --html=FILE writes a page that replays it.
@@ -36,6 +40,12 @@ flags.DEFINE_string("infill", None, "Text with [MASK] / [MASK*n] spans to fill."
 flags.DEFINE_string("source", None, "Source text of a conditional (pair) model, e.g. code to "
                     "summarise.")
 cli.define_output_flag("Write the samples to this JSONL file.")
+flags.DEFINE_bool("chat", False, "Render --prompt as a user message with the model's chat "
+                  "template (instruct models converted by dlm.convert); print the answer.")
+flags.DEFINE_string("system", None, "With --chat: a system message before the prompt.")
+flags.DEFINE_string("mesh", "", "Devices as data,fsdp,tensor (e.g. 1,8,1: parameters sharded "
+                    "over 8 devices, for models no device holds alone); '' = data parallel "
+                    "over the devices that split the batch.")
 flags.DEFINE_bool("show_steps", False, "Print the denoising of each sample, step by step.")
 flags.DEFINE_string("html", None, "Write an HTML page replaying the denoising.")
 FLAGS = flags.FLAGS
@@ -55,8 +65,13 @@ def main(argv):
     options = cli.sampling_options()
     times = cli.schedule_times()
     batch = min(FLAGS.batch_size or FLAGS.num_samples, FLAGS.num_samples)
+    mesh = cli.mesh_flag(FLAGS.mesh) if FLAGS.mesh else text.data_mesh(batch)
+    if FLAGS.system is not None and not FLAGS.chat:
+      raise DlmError("--system needs --chat")
+    if FLAGS.chat and not FLAGS.prompt:
+      raise DlmError("--chat needs --prompt (the user's message)")
     with cli.stdout_to_stderr():
-      run = dlm.load(workdir, step=FLAGS.step, params=FLAGS.params, mesh=text.data_mesh(batch))
+      run = dlm.load(workdir, step=FLAGS.step, params=FLAGS.params, mesh=mesh)
       data = run.config.data
       if FLAGS.length > data.seq_len:
         print(f"warning: --length={FLAGS.length} is beyond the model's training length "
@@ -68,13 +83,15 @@ def main(argv):
       results = dlm.sample(run, FLAGS.prompt, num_samples=FLAGS.num_samples, sampler=sampling.name,
                            length=FLAGS.length, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                            infill=FLAGS.infill, source=FLAGS.source, times=times,
-                           progress=True, **options)
+                           progress=True, chat=FLAGS.chat, system=FLAGS.system, **options)
   settings = {"workdir": workdir, "step": run.step, "params": FLAGS.params,
               **dataclasses.asdict(sampling), "seed": FLAGS.seed, "prompt": FLAGS.prompt,
-              "infill": FLAGS.infill, "source": FLAGS.source, "schedule": FLAGS.schedule}
+              "infill": FLAGS.infill, "source": FLAGS.source, "schedule": FLAGS.schedule,
+              "chat": FLAGS.chat, "system": FLAGS.system, "mesh": FLAGS.mesh}
   for i, r in enumerate(results):
     print(f"--- sample {i} (nfe {r['nfe']}) ---")
-    print(r["generated"] if FLAGS.source is not None else r["text"])  # pairs: the target
+    # pairs: the target; chat: the answer
+    print(r["generated"] if FLAGS.source is not None or FLAGS.chat else r["text"])
     if FLAGS.show_steps:
       pieces = render.token_strings(run.tokenizer, r["full_tokens"])
       for line in render.terminal_frames(pieces, r["revealed_at"], sampling.steps,

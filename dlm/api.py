@@ -62,14 +62,28 @@ def sampler_config(family: str, sampler: str | None = None, **options) -> sample
 def sample(run: Loaded, prompts: str | Sequence[str] | None = None, *, num_samples: int = 1,
            sampler: str | None = None, length: int = 0, seed: int = 0, batch_size: int = 0,
            infill: str | None = None, source: str | None = None, times=None,
-           progress: bool = False, **options) -> list[dict]:
+           progress: bool = False, chat: bool = False, system: str | None = None,
+           **options) -> list[dict]:
   """Samples as records (`text`, `generated`, `tokens`, `full_tokens`, `given`,
   `revealed_at`, `nfe`): one per prompt of a list, or `num_samples` continuing one prompt (or
   an `infill` template, or a pair model's `source`, or nothing). `length` 0 is the model's
-  training length; `options` are the sampler's (see `sampler_config`)."""
+  training length; `options` are the sampler's (see `sampler_config`). With `chat`, each
+  prompt is a user message (after the `system` message, if any) rendered by the model's chat
+  template (`data.tokenizer.chat_template`), and the answer follows it."""
   sampling = sampler_config(run.family, sampler, **options)
   data = run.config.data
   length = length or data.seq_len
+  if chat:
+    if prompts is None or infill is not None or source is not None:
+      raise DlmError("chat needs a prompt (and no infill template or source)")
+    template = data.tokenizer.chat_template
+    if not template:
+      raise DlmError("this model has no chat template (data.tokenizer.chat_template is "
+                     "empty): chat needs an instruct model converted with its "
+                     "tokenizer_config.json")
+    one = lambda p: sample_text.chat_prompt(run.tokenizer, template, p, system)  # noqa: E731
+    prompts = [one(p) for p in prompts] if isinstance(prompts, (list, tuple)) else one(prompts)
+    data = _no_bos(data)
   if isinstance(prompts, (list, tuple)):
     rows = [sample_text.canvas_template(run.tokenizer, run.family, length=length, prompt=p,
                                         source_len=data.source_len, add_bos=data.add_bos,
@@ -85,8 +99,16 @@ def sample(run: Loaded, prompts: str | Sequence[str] | None = None, *, num_sampl
                           batch_size=batch_size, mesh=run.mesh, times=times, progress=progress)
 
 
+def _no_bos(data):
+  """The data section with `add_bos` off (a chat template writes its own bos)."""
+  data = data.copy_and_resolve_references()
+  data.add_bos = False
+  return data
+
+
 def generate(run: Loaded, prompts: str | Sequence[str] | None = None, *, num_samples: int = 1,
              sampler: str | None = None, **options) -> list[str]:
-  """Texts (each prompt with what follows it, to the first generated eos); see `sample`."""
+  """Texts (each prompt with what follows it, to the first generated eos or stop token); see
+  `sample` (`chat=True`: instruct models)."""
   return [r["text"] for r in sample(run, prompts, num_samples=num_samples, sampler=sampler,
                                     **options)]

@@ -22,7 +22,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from dlm import config as config_lib
-from dlm import distributed
+from dlm import distributed, sharding
 from dlm import samplers
 from dlm.processes import nonsim
 from dlm.errors import DlmError, exit_on_user_error
@@ -54,6 +54,15 @@ def define_workdir_flags(help_text: str = "Training directory with checkpoints."
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest intact one).")
   if params:
     flags.DEFINE_enum("params", "ema", ["ema", "params"], "EMA or raw parameters.")
+
+
+def mesh_flag(value: str):
+  """The mesh of a `--mesh=DATA,FSDP,TENSOR` flag over all devices (one entry may be -1)."""
+  try:
+    shape = tuple(int(v) for v in value.split(","))
+  except ValueError:
+    raise DlmError(f"--mesh={value!r} must be three integers data,fsdp,tensor") from None
+  return sharding.make_mesh(shape)
 
 
 def workdir() -> str:

@@ -29,6 +29,11 @@ DTYPES = ("float32", "bfloat16")
 ATTENTION_IMPLS = ("xla", "cudnn", "auto")
 PACKINGS = ("concat", "pad")
 PADDINGS = ("eos", "rainbow")
+NORMS = ("rms", "layer")
+MLPS = ("swiglu", "gelu")
+POSITIONS = ("rotary", "learned")
+ROPE_LAYOUTS = ("half", "interleaved")
+TIME_INPUTS = ("t", "sigma_loglinear", "zero")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,32 @@ class Backbone:
   # only them with train.freeze='^(?!.*lora_)' and train.init_from=BASE_WORKDIR.
   lora_rank: int = 0
   lora_alpha: float = 16.0
+  # Released architectures (dlm/convert/): each default is dlm's own backbone.
+  vocab_size: int = 0  # embedding rows; 0 = the tokenizer's (a converted model may have more)
+  kv_heads: int = 0  # key/value heads (grouped-query attention, Dream); 0 = heads
+  qkv_bias: bool = False  # biases on q, k and v (Qwen2 / Dream; GPT-2)
+  attn_out_bias: bool = False  # bias on the attention output projection (GPT-2)
+  norm: str = "rms"  # NORMS: 'rms' (RMSNorm) | 'layer' (LayerNorm: GPT-2, MDLM's DiT)
+  norm_bias: bool = False  # 'layer' only: a bias after the scale (GPT-2; MDLM has none)
+  norm_eps: float = 1e-6  # LLaDA 1e-5, Dream 1e-6, GPT-2 1e-5, MDLM 1e-5
+  mlp: str = "swiglu"  # MLPS: 'swiglu' | 'gelu' (tanh-approximate GELU: GPT-2, MDLM)
+  mlp_dim: int = 0  # MLP hidden width; 0 = mlp_ratio * width
+  mlp_bias: bool = False  # biases on the MLP's two projections (GPT-2, MDLM)
+  positions: str = "rotary"  # POSITIONS: 'rotary' | 'learned' (GPT-2: max_positions rows)
+  max_positions: int = 0  # 'learned' only: rows of the position table
+  rope_layout: str = "half"  # ROPE_LAYOUTS: 'half' (rotate_half: Llama, Qwen2, LLaDA,
+  # NeoX) | 'interleaved' (pairs 2i, 2i+1: GPT-J, Meta's original Llama)
+  head_bias: bool = True  # a bias on the output head (LLaDA, Dream and GPT-2 have none)
+  tied_head_scale: float = 0.0  # tie_embeddings: logits = h E^T scale; 0 = width^-0.5 / 0.02
+  # (unit-scale logits at init); GPT-2: 1
+  shift_logits: bool = False  # Dream: the network's output at i predicts token i + 1; the
+  # head shifts it back (position 0 keeps its own), so every family sees position i at i
+  time_bias: bool = False  # biases in the time MLP and the adaLN modulations (MDLM's DiT)
+  # What the time embedding reads: 't' (dlm's time in [0, 1], scaled by 1000 as DiT does);
+  # 'sigma_loglinear' (MDLM: sigma = -log(1 - (1 - eps) t), eps = diffusion.eps, unscaled);
+  # 'zero' (MDLM's released OWT model, time_conditioning=False: sigma = 0 always)
+  time_input: str = "t"
+  param_dtype: str = "float32"  # DTYPES: parameter storage; bfloat16 halves inference memory
 
   def __post_init__(self):
     _check_positive_ints(self, "model", ("width", "depth", "heads", "cond_width"))
@@ -69,13 +100,28 @@ class Backbone:
       raise DlmError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
     for key, allowed in (("remat", REMATS), ("attention", ATTENTIONS),
                          ("time_conditioning", TIME_CONDITIONINGS), ("dtype", DTYPES),
-                         ("attention_impl", ATTENTION_IMPLS)):
+                         ("attention_impl", ATTENTION_IMPLS), ("norm", NORMS), ("mlp", MLPS),
+                         ("positions", POSITIONS), ("rope_layout", ROPE_LAYOUTS),
+                         ("time_input", TIME_INPUTS), ("param_dtype", DTYPES)):
       if getattr(self, key) not in allowed:
         raise DlmError(f"model.{key} must be one of {allowed}, got {getattr(self, key)!r}")
     if self.attention == "block_causal" and self.block_size <= 0:
       raise DlmError("model.attention='block_causal' needs model.block_size > 0")
     if not _is_int(self.lora_rank) or self.lora_rank < 0:
       raise DlmError(f"model.lora_rank must be a non-negative integer, got {self.lora_rank!r}")
+    for key in ("vocab_size", "kv_heads", "mlp_dim", "max_positions"):
+      if not _is_int(getattr(self, key)) or getattr(self, key) < 0:
+        raise DlmError(f"model.{key} must be a non-negative integer, got "
+                       f"{getattr(self, key)!r}")
+    if self.kv_heads and self.heads % self.kv_heads:
+      raise DlmError(f"model.kv_heads={self.kv_heads} must divide model.heads={self.heads}")
+    if self.positions == "learned" and not self.max_positions:
+      raise DlmError("model.positions='learned' needs model.max_positions > 0")
+    if not _is_number(self.norm_eps) or self.norm_eps <= 0:
+      raise DlmError(f"model.norm_eps must be a positive number, got {self.norm_eps!r}")
+    if not _is_number(self.tied_head_scale) or self.tied_head_scale < 0:
+      raise DlmError(f"model.tied_head_scale must be a non-negative number, got "
+                     f"{self.tied_head_scale!r}")
     if self.lora_rank and self.lora_alpha <= 0:
       raise DlmError(f"model.lora_alpha must be positive, got {self.lora_alpha!r}")
 
@@ -123,6 +169,11 @@ def base_config() -> ConfigDict:
           num_reserved_pads=7,  # distinct padding tokens for rainbow padding
           # Special tokens by role; '' = found by name ([MASK], <|endoftext|>, ...) or added.
           special_tokens=ConfigDict(dict(mask="", bos="", eos="", pad="")),
+          # Tokens that also end a generation (a chat model's end of turn: <|eot_id|>).
+          stop_tokens=(),
+          # A Jinja chat template (HF tokenizer_config.json's), rendered by sample.py --chat;
+          # '' = none. Set by `python -m dlm.convert` for instruct models.
+          chat_template="",
       )),
   ))
 
@@ -262,6 +313,12 @@ def _check_data(data) -> None:
                    f"{data.response_padding!r}")
   if data.response_padding == "rainbow" and data.tokenizer.num_reserved_pads < 1:
     raise DlmError("data.response_padding='rainbow' needs data.tokenizer.num_reserved_pads >= 1")
+  stops = data.tokenizer.stop_tokens
+  if not isinstance(stops, (tuple, list)) or not all(isinstance(t, str) and t for t in stops):
+    raise DlmError(f"data.tokenizer.stop_tokens must be a list of token spellings, got "
+                   f"{stops!r}")
+  if not isinstance(data.tokenizer.chat_template, str):
+    raise DlmError("data.tokenizer.chat_template must be a string (a Jinja template)")
   for key in ("streams", "prefetch"):
     if not _is_int(data[key]) or data[key] < 0:
       raise DlmError(f"data.{key} must be a non-negative integer, got {data[key]!r}")

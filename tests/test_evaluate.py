@@ -56,9 +56,16 @@ def test_generation_scored_by_the_judge(runs):
   assert ar["validation"]["bits_per_token"] == pytest.approx(math.log2(vocab), rel=1e-4)
 
 
-def test_judge_with_another_tokenizer_is_refused(runs):
-  with pytest.raises(DlmError, match="tokenizer mismatch between judge"):
-    evaluate.evaluate(runs["masked"], judge_workdir=runs["ar_other_vocab"])
+def test_judge_with_another_tokenizer_scores_the_text_again(runs):
+  # The judge (vocabulary 1024, zero head: uniform) reads the samples' text in its own tokens
+  # after its bos, so its generative perplexity is exactly its vocabulary size.
+  result = evaluate.evaluate(runs["masked"], judge_workdir=runs["ar_other_vocab"],
+                             sampler=samplers.SamplerConfig(steps=8), num_samples=4,
+                             eval_batches=1)
+  assert result["judge"]["retokenized"] is True
+  assert result["samples"]["gen_perplexity"] == pytest.approx(1024, rel=1e-3)
+  same = evaluate.evaluate(runs["masked"], judge_workdir=runs["ar"], eval_batches=1)
+  assert same["judge"]["retokenized"] is False
   with pytest.raises(DlmError, match="must be autoregressive"):
     evaluate.evaluate(runs["masked"], judge_workdir=runs["masked"])
 

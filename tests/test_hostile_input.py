@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import metrics_log  # noqa: E402  (tests/)
+from entry_points import assert_one_error  # noqa: E402  (tests/)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "model.cond_width": 16,
@@ -44,16 +45,6 @@ def _train_args(workdir, data_dir, *extra, steps=STEPS, checkpoint_every=1):
   return ["train.py", "--config=configs/quickstart.py", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}",
           *[f"--config.{k}={v}" for k, v in settings.items()], *extra]
-
-
-def _assert_one_error(proc, message):
-  """Exit 2, exactly one `error:` line (the last), containing `message`, and no traceback."""
-  lines = [line for line in proc.stderr.splitlines() if line.strip()]
-  errors = [line for line in lines if line.startswith("error:")]
-  assert proc.returncode == 2, proc.stderr[-3000:]
-  assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr[-3000:]
-  assert message in errors[0], errors[0]
-  assert "Traceback" not in proc.stderr and "WARNING" not in proc.stderr, proc.stderr[-3000:]
 
 
 def _copy_run(src, dst):
@@ -126,7 +117,7 @@ def test_bad_configs_are_refused_before_any_work(tmp_path):
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     procs = list(pool.map(lambda case: _run(["train.py", *case[0]]), cases))
   for (args, message), proc in zip(cases, procs):
-    _assert_one_error(proc, message)
+    assert_one_error(proc, message)
   assert not (work / "checkpoints").exists()
 
 
@@ -165,12 +156,12 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
     proc = _run(["train.py", "--config=configs/quickstart.py", f"--workdir={work}",
                  f"--config.data.dataset={dataset}", f"--config.data.data_dir={data}",
                  "--config.data.tokenizer.vocab_size=300", *extra])
-    _assert_one_error(proc, message)
+    assert_one_error(proc, message)
     assert not (work / "checkpoints").exists() and not (work / "metrics.jsonl").exists()
   proc = _run(["-m", "dlm.data", "--config=configs/quickstart.py",
                "--config.data.dataset=tfds:huggingface:no_such_dataset",
                f"--config.data.data_dir={data}"], timeout=300)
-  _assert_one_error(proc, "cannot open dataset 'tfds:huggingface:no_such_dataset'")
+  assert_one_error(proc, "cannot open dataset 'tfds:huggingface:no_such_dataset'")
 
 
 # Checkpoint faults: resume from the newest intact step with the same losses ----------------
@@ -227,7 +218,7 @@ def test_sampling_falls_back_past_a_damaged_checkpoint(reference, tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "skipped the damaged checkpoint at step 10 (ema:" in out.stderr
   assert "using step 9" in out.stderr and out.stdout.count("--- sample ") == 2
-  _assert_one_error(_run(["sample.py", f"--workdir={run}", "--step=10", "--steps=4"]),
+  assert_one_error(_run(["sample.py", f"--workdir={run}", "--step=10", "--steps=4"]),
                     f"the checkpoint at step 10 in {run}/checkpoints is damaged (ema: ")
 
 
@@ -248,7 +239,7 @@ def test_resuming_an_earlier_step_and_refusing_mismatches(reference, data_dir, t
       (_train_args(run, data_dir, "--step=11", steps=12), "no checkpoint at step 11"),
   ]
   for args, message in cases:  # one at a time: each takes the workdir's lock
-    _assert_one_error(_run(args), message)
+    assert_one_error(_run(args), message)
   # --step: resume from step 6; the newer checkpoints are set aside, the losses are the same.
   proc = _run(_train_args(run, data_dir, "--step=6"))
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -271,7 +262,7 @@ def test_ctrl_c_checkpoints_and_a_second_run_is_refused(data_dir, tmp_path):
       cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   _wait_for(run / "metrics.jsonl", proc)
   second = _run(_train_args(run, data_dir, steps=5000))
-  _assert_one_error(second, "is in use by another training run (pid ")
+  assert_one_error(second, "is in use by another training run (pid ")
   proc.send_signal(signal.SIGINT)
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
@@ -286,7 +277,7 @@ def test_non_finite_steps_are_skipped_then_stop_with_a_checkpoint(data_dir, tmp_
   # 1e30 is a valid learning rate that overflows the parameters after the warm-up's first step.
   proc = _run(_train_args(run, data_dir, "--config.train.lr=1e30",
                           "--config.train.max_nonfinite_steps=3", checkpoint_every=100))
-  _assert_one_error(proc, "consecutive training steps")
+  assert_one_error(proc, "consecutive training steps")
   assert "had a non-finite loss, gradient or update and were skipped" in proc.stderr
   logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
   assert any(line["train/skipped_steps"] == 1 for line in logged)
@@ -309,7 +300,7 @@ def test_a_failing_evaluation_keeps_the_training(data_dir, tmp_path):
       f"runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n")
   args = _train_args(run, data_dir, "--config.train.eval_every=3", checkpoint_every=100)[1:]
   proc = _run([str(script), *args])
-  _assert_one_error(proc, "evaluation at step 3 failed (RuntimeError: evaluation blew up); the "
+  assert_one_error(proc, "evaluation at step 3 failed (RuntimeError: evaluation blew up); the "
                           "checkpoint at step 3 is saved")
   assert (run / "checkpoints/3/commit_success.txt").exists()
 
@@ -333,7 +324,7 @@ def test_read_only_and_full_disks(reference, data_dir, tmp_path):
   proc = _in_namespace(
       f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && "
       f"{_shell(_train_args(run, data_dir, steps=12))}")
-  _assert_one_error(proc, f"workdir '{run}' is not writable (Read-only file system)")
+  assert_one_error(proc, f"workdir '{run}' is not writable (Read-only file system)")
   sampled = _in_namespace(f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && "
                           f"{_shell(['sample.py', f'--workdir={run}', '--steps=2'])}")
   assert sampled.returncode == 0 and "WARNING" not in sampled.stderr, sampled.stderr[-3000:]
@@ -403,7 +394,7 @@ def test_bad_sampling_input_and_literal_special_tokens(reference, tmp_path):
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     procs = list(pool.map(lambda case: _run(base + case[0]), cases))
   for (_, message), proc in zip(cases, procs):
-    _assert_one_error(proc, message)
+    assert_one_error(proc, message)
 
   out = _run(base + ["--num_samples=2", "--length=40", "--prompt=<|mask|> and <|eos|> [MASK]",
                      f"--output={tmp_path / 's.jsonl'}"])
@@ -429,7 +420,7 @@ def test_evaluate_takes_its_own_batch_count(reference):
   validation = json.loads(proc.stdout)["validation"]
   assert validation["eval_batches"] == 2 and validation["tokens"] == 2 * 8 * 32
   assert validation["real_tokens"] == 2 * 8 * 32 and "every real token" in validation["counted"]
-  _assert_one_error(_run(["-m", "dlm.evaluate", f"--workdir={ref_dir}", "--eval_batches=-1"]),
+  assert_one_error(_run(["-m", "dlm.evaluate", f"--workdir={ref_dir}", "--eval_batches=-1"]),
                     "--eval_batches must be >= 0")
 
 
@@ -449,5 +440,5 @@ def test_bad_evaluation_and_schedule_flags_are_refused_before_any_work(reference
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     procs = list(pool.map(lambda case: _run([*case[0], f"--workdir={ref_dir}"]), cases))
   for (_, message), proc in zip(cases, procs):
-    _assert_one_error(proc, message)
+    assert_one_error(proc, message)
   assert not (tmp_path / "missing").exists()

@@ -11,8 +11,8 @@ The layers, lowest first (docs/ARCHITECTURE.md draws the same):
   5 models (the package: registers the built-in families)
   6 samplers.*                                                   on the model contract
   7 train.*                                                      the loop, checkpoints, restore
-  8 evaluate, api, cli, joint_data, neodiff_schedule             a trained model's users, flags
-  9 data.__main__, dlm (the package: the public API)             entry points
+  8 evaluate, api, cli, joint_data, neodiff_schedule, convert.*  a trained model's users, flags
+  9 data.__main__, convert.__main__, dlm (the package)           entry points
 """
 
 import ast
@@ -33,8 +33,9 @@ LAYERS = [
     ("dlm.models",),
     ("dlm.samplers", "dlm.samplers."),
     ("dlm.train.",),
-    ("dlm.evaluate", "dlm.api", "dlm.cli", "dlm.joint_data", "dlm.neodiff_schedule"),
-    ("dlm.data.__main__", "dlm"),
+    ("dlm.evaluate", "dlm.api", "dlm.cli", "dlm.joint_data", "dlm.neodiff_schedule",
+     "dlm.convert", "dlm.convert."),
+    ("dlm.data.__main__", "dlm.convert.__main__", "dlm"),
 ]
 
 

@@ -141,3 +141,49 @@ def test_tied_embeddings_share_the_table():
   model.embed[...] = model.embed[...].at[3].add(1.0)  # changes token 3's input and output rows
   after = model(x, t)
   assert float(jnp.abs(after - before)[..., 3].max()) > 1e-3
+
+
+def test_rotary_layouts_are_the_same_rotation_of_permuted_pairs():
+  from dlm.models.layers import rotary
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 3, 8))
+  positions = jnp.broadcast_to(jnp.arange(5), (2, 5))
+  # interleaved pairs (2i, 2i+1) are half-split pairs (i, i + 4) after gathering evens, odds
+  perm = jnp.asarray([0, 2, 4, 6, 1, 3, 5, 7])
+  inverse = jnp.argsort(perm)
+  half = rotary(x[..., perm], positions, 1e4, "half")[..., inverse]
+  np.testing.assert_allclose(rotary(x, positions, 1e4, "interleaved"), half, atol=1e-6)
+  assert float(jnp.abs(rotary(x, positions, 1e4, "half") - half).max()) > 1e-2
+
+
+def test_grouped_query_attention_equals_repeated_key_value_heads():
+  # kv_heads=2 of 4: query heads 2j and 2j+1 read kv head j (Qwen2's repeat_kv), which a full
+  # multi-head model with each kv head's weights copied into both of its query heads computes.
+  gqa_cfg = dataclasses.replace(CFG, kv_heads=2, qkv_bias=True, time_conditioning="none")
+  gqa = _randomize(Transformer(gqa_cfg, nnx.Rngs(0)))
+  full = Transformer(dataclasses.replace(gqa_cfg, kv_heads=0), nnx.Rngs(0))
+  state = nnx.to_pure_dict(nnx.state(gqa))
+  target = nnx.to_pure_dict(nnx.state(full))
+  for i in range(CFG.depth):
+    src, dst = state["blocks"][i]["attn"], target["blocks"][i]["attn"]
+    kv, bkv = jnp.repeat(src["wkv"], 2, axis=2), jnp.repeat(src["bkv"], 2, axis=1)
+    dst["wqkv"] = jnp.concatenate([src["wq"][:, None], kv], axis=1)
+    dst["bqkv"] = jnp.concatenate([src["bq"][None], bkv], axis=0)
+    dst["wo"] = src["wo"]
+    for name in ("norm_attn", "norm_mlp", "mlp"):
+      target["blocks"][i][name] = state["blocks"][i][name]
+  for name in ("embed", "norm_out", "unembed", "unembed_bias"):
+    target[name] = state[name]
+  full = nnx.merge(nnx.graphdef(full), target)
+  x = _tokens()
+  np.testing.assert_allclose(gqa(x), full(x), atol=1e-5)
+
+
+def test_bfloat16_storage():
+  cfg = dataclasses.replace(CFG, param_dtype="bfloat16", norm="layer", norm_bias=True,
+                            mlp="gelu", mlp_bias=True, time_bias=True)
+  model = Transformer(cfg, nnx.Rngs(0))
+  params = jax.tree.leaves(nnx.to_pure_dict(nnx.state(model)))
+  assert params and all(p.dtype == jnp.bfloat16 for p in params)
+  x = _tokens()
+  assert model(x, jnp.full(x.shape, 0.5)).dtype == jnp.float32

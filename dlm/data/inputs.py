@@ -55,7 +55,8 @@ def load_tokenizer(data_cfg) -> Tokenizer:
   """The configured tokenizer (trains and caches the BPE on first use)."""
   t = data_cfg.tokenizer
   if t.path:
-    return Tokenizer.from_file(t.path, t.num_reserved_pads, _special_overrides(t))
+    return Tokenizer.from_file(t.path, t.num_reserved_pads, _special_overrides(t),
+                              tuple(t.get("stop_tokens", ())))
   path = bpe_cache_path(data_cfg)
   if not os.path.exists(path):
     if jax.process_index() == 0:
@@ -66,7 +67,8 @@ def load_tokenizer(data_cfg) -> Tokenizer:
           tok.save(path)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("dlm-tokenizer-trained")
-  return Tokenizer.from_file(path, t.num_reserved_pads, _special_overrides(t))
+  return Tokenizer.from_file(path, t.num_reserved_pads, _special_overrides(t),
+                            tuple(t.get("stop_tokens", ())))
 
 
 def _bpe_texts(data_cfg):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import tokenizers
@@ -73,7 +73,7 @@ class Tokenizer:
   """A HF tokenizer plus the ids of the framework's special tokens."""
 
   def __init__(self, hf: tokenizers.Tokenizer, num_reserved_pads: int = 7,
-               overrides: Mapping[str, str] | None = None):
+               overrides: Mapping[str, str] | None = None, stop_tokens: Sequence[str] = ()):
     # A tokenizer.json may carry truncation and padding settings for its model's inputs
     # (all-MiniLM-L6-v2: truncate and pad to 128); documents are never cut nor padded here.
     hf.no_truncation()
@@ -110,12 +110,18 @@ class Tokenizer:
       pads.append(vocab[name])
     self.pad_id, self.bos_id, self.eos_id, self.mask_id = (ids[r] for r in ROLES)
     self.reserved_pad_ids = tuple(pads)
+    missing = [t for t in stop_tokens if t not in vocab]
+    if missing:
+      raise DlmError(f"stop token {missing[0]!r} is not in the tokenizer's vocabulary")
+    # Tokens that end a generation besides eos and pad (a chat model's end of turn).
+    self.stop_ids = tuple(vocab[t] for t in stop_tokens)
 
   # Construction ---------------------------------------------------------------------------
 
   @classmethod
   def from_file(cls, path: str, num_reserved_pads: int = 7,
-                overrides: Mapping[str, str] | None = None) -> "Tokenizer":
+                overrides: Mapping[str, str] | None = None,
+                stop_tokens: Sequence[str] = ()) -> "Tokenizer":
     path = os.path.expanduser(path)
     if os.path.isdir(path):  # a model directory: its tokenizer.json
       inside = os.path.join(path, "tokenizer.json")
@@ -129,7 +135,7 @@ class Tokenizer:
       hf = tokenizers.Tokenizer.from_file(path)
     except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
       raise DlmError(f"tokenizer file {path!r} is not a valid tokenizer.json ({e})") from None
-    return cls(hf, num_reserved_pads, overrides)
+    return cls(hf, num_reserved_pads, overrides, stop_tokens)
 
   @classmethod
   def train_bpe(cls, texts: Iterable[str], vocab_size: int, num_reserved_pads: int = 7,
@@ -191,6 +197,16 @@ class Tokenizer:
       return [self.encode(t) for t in texts]
     encodings = self.hf.encode_batch(texts, add_special_tokens=False)
     return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+
+  def encode_template(self, text: str) -> np.ndarray:
+    """Token ids of a rendered template (a chat template's output), where special tokens'
+    spellings are control tokens, as `transformers`' `apply_chat_template` encodes it (a
+    message that spells one gets that control token there too)."""
+    self.hf.encode_special_tokens = False
+    try:
+      return np.asarray(self.hf.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+    finally:
+      self.hf.encode_special_tokens = True
 
   def decode(self, ids, skip_special_tokens: bool = False) -> str:
     return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -157,7 +157,7 @@ class AnyOrderAR(nnx.Module):
 
 
 def build(config, tokenizer, rngs: nnx.Rngs) -> AnyOrderAR:
-  return AnyOrderAR(transformer.from_config(config, tokenizer.vocab_size),
+  return AnyOrderAR(transformer.for_tokenizer(config, tokenizer),
                     config_lib.options(AnyOrderConfig, config.any_order), tokenizer.mask_id,
                     rngs)
 

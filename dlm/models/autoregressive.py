@@ -52,7 +52,7 @@ class AutoRegressive(nnx.Module):
 
 
 def build(config, tokenizer, rngs: nnx.Rngs) -> AutoRegressive:
-  return AutoRegressive(transformer.from_config(config, tokenizer.vocab_size), rngs)
+  return AutoRegressive(transformer.for_tokenizer(config, tokenizer), rngs)
 
 
 FAMILY = registry.Family("autoregressive", build)

@@ -241,9 +241,10 @@ def build(config, tokenizer, rngs: nnx.Rngs) -> CCDD:
   options = config_lib.options(CCDDConfig, config.ccdd)
   diffusion = masked.config_options(config)
   process = GiddProcess(diffusion.schedule_of(), mask_id=tokenizer.mask_id,
-                        vocab_size=tokenizer.vocab_size, p_uniform=options.p_uniform,
-                        gamma=options.gamma, antithetic=diffusion.antithetic)
-  return CCDD(transformer.from_config(config, tokenizer.vocab_size), process, options, bert,
+                        vocab_size=transformer.vocab_size(config, tokenizer),
+                        p_uniform=options.p_uniform, gamma=options.gamma,
+                        antithetic=diffusion.antithetic)
+  return CCDD(transformer.for_tokenizer(config, tokenizer), process, options, bert,
               rngs)
 
 

@@ -115,7 +115,7 @@ class ContinuousDiffusion(nnx.Module):
 
 
 def build(config, tokenizer, rngs: nnx.Rngs) -> ContinuousDiffusion:
-  return ContinuousDiffusion(transformer.from_config(config, tokenizer.vocab_size),
+  return ContinuousDiffusion(transformer.for_tokenizer(config, tokenizer),
                              config_lib.options(ContinuousConfig, config.continuous), rngs,
                              antithetic=masked.config_options(config).antithetic)
 

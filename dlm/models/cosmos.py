@@ -392,7 +392,7 @@ def build_autoencoder(config, tokenizer, rngs: nnx.Rngs) -> CosmosAutoencoder:
 def build_diffusion(config, tokenizer, rngs: nnx.Rngs) -> CosmosDiffusion:
   bert = encoders.recorded_config(config.cosmos)
   options = config_lib.options(CosmosConfig, config.cosmos)
-  net = transformer.from_config(config, tokenizer.vocab_size, time_conditioning="none")
+  net = transformer.for_tokenizer(config, tokenizer, time_conditioning="none")
   return CosmosDiffusion(_ae_config(config, tokenizer), bert, net,
                          gaussian.GaussianSchedule("tan_d", d=options.tan_d),
                          options.self_condition,

@@ -21,10 +21,12 @@ class Frozen(nnx.Variable):
   """A pretrained weight that is never trained (not an `nnx.Param`; see dlm/train/pretrained.py)."""
 
 
-def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None]) -> nnx.Param:
-  """A float32 parameter carrying its logical axis names (sharded later by our rules)."""
+def param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None],
+          dtype=jnp.float32) -> nnx.Param:
+  """A parameter (float32 unless `dtype`) carrying its logical axis names (sharded later by our
+  rules)."""
   assert len(shape) == len(names), (shape, names)
-  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32),
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype),
                    out_sharding=tuple(names), eager_sharding=False)
 
 
@@ -38,24 +40,56 @@ def constrain(x: jax.Array, names: Sequence[str | None], rules) -> jax.Array:
 class RMSNorm(nnx.Module):
   """RMSNorm (Zhang and Sennrich 2019), computed in float32."""
 
-  def __init__(self, width: int, rngs: nnx.Rngs, eps: float = 1e-6):
-    self.scale = param(rngs, nnx.initializers.ones, (width,), ("norm",))
+  def __init__(self, width: int, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32):
+    self.scale = param(rngs, nnx.initializers.ones, (width,), ("norm",), dtype)
     self.eps = eps
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (y * self.scale[...]).astype(x.dtype)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (Su et al. 2021) on (batch, length, heads, head_dim)."""
+class LayerNorm(nnx.Module):
+  """LayerNorm (Ba et al. 2016) with a scale and optionally a bias (GPT-2 has one, MDLM's DiT
+  none), computed in float32."""
+
+  def __init__(self, width: int, rngs: nnx.Rngs, eps: float = 1e-5, bias: bool = True,
+               dtype=jnp.float32):
+    self.scale = param(rngs, nnx.initializers.ones, (width,), ("norm",), dtype)
+    if bias:
+      self.bias = param(rngs, nnx.initializers.zeros, (width,), ("norm",), dtype)
+    self.eps, self.has_bias = eps, bias
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    centred = x32 - mean
+    y = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+    y = y * self.scale[...].astype(jnp.float32)
+    if self.has_bias:
+      y = y + self.bias[...].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float, layout: str = "half") -> jax.Array:
+  """Rotary position embedding (Su et al. 2021) on (batch, length, heads, head_dim).
+
+  Frequency i rotates the pair (x_i, x_{i+half}) with `layout='half'` (GPT-NeoX's rotate_half:
+  Llama and Qwen2 in `transformers`, LLaDA, MDLM) or the pair (x_{2i}, x_{2i+1}) with
+  'interleaved' (the paper, GPT-J, Meta's original Llama)."""
   half = x.shape[-1] // 2
   freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles = positions.astype(jnp.float32)[..., None] * freqs  # (batch, length, half)
   cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
-  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
-  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  x32 = x.astype(jnp.float32)
+  if layout == "interleaved":
+    pairs = x32.reshape(*x.shape[:-1], half, 2)
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    out = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).reshape(x.shape)
+  else:
+    x1, x2 = x32[..., :half], x32[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
 
 

@@ -108,7 +108,8 @@ def process_of(config, tokenizer) -> MaskedProcess:
   """The masked process of a config's `diffusion` section for a tokenizer."""
   options = config_options(config)
   return MaskedProcess(schedule=options.schedule_of(), mask_id=tokenizer.mask_id,
-                       vocab_size=tokenizer.vocab_size, timesteps=options.timesteps,
+                       vocab_size=transformer.vocab_size(config, tokenizer),
+                       timesteps=options.timesteps,
                        antithetic=options.antithetic)
 
 
@@ -117,7 +118,7 @@ def config_options(config) -> MaskedConfig:
 
 
 def build(config, tokenizer, rngs: nnx.Rngs) -> MaskedDiffusion:
-  return MaskedDiffusion(transformer.from_config(config, tokenizer.vocab_size),
+  return MaskedDiffusion(transformer.for_tokenizer(config, tokenizer),
                          process_of(config, tokenizer), rngs,
                          loss_norm=config_options(config).loss_norm)
 

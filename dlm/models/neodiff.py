@@ -162,7 +162,7 @@ class NeoDiff(nnx.Module):
 
 
 def build(config, tokenizer, rngs: nnx.Rngs) -> NeoDiff:
-  return NeoDiff(transformer.from_config(config, tokenizer.vocab_size),
+  return NeoDiff(transformer.for_tokenizer(config, tokenizer),
                  config_lib.options(NeoDiffConfig, config.neodiff), rngs)
 
 

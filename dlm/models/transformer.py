@@ -1,12 +1,17 @@
-"""The shared backbone: a pre-norm transformer with RMSNorm, rotary positions and SwiGLU.
+"""The shared backbone: a pre-norm transformer, by default with RMSNorm, rotary positions and
+SwiGLU, and the options released models need (`config.Backbone`): grouped-query attention and
+q/k/v biases (Qwen2, Dream), LayerNorm, a GELU MLP with biases and learned positions (GPT-2),
+MDLM's DiT block (LayerNorm without bias, adaLN with biases on sigma), untied heads without a
+bias, the rotary layout, Dream's shifted logits and bfloat16 parameter storage.
 
 Optional adaLN-zero conditioning (DiT, Peebles and Xie 2023) on a per-token time t of shape
 (batch, length); `time_conditioning="none"` drops time (MD4 shows masked models need not see
 it). Attention is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU) with
 bidirectional, causal or block-causal masks kept within segments, or an explicit mask
 (the any-order family's two streams). Layers can be scanned
-(`nnx.scan`, one compiled layer) and rematerialised by policy; parameters are float32 and
-matmuls run in `dtype` (float32 or bfloat16).
+(`nnx.scan`, one compiled layer) and rematerialised by policy; parameters are stored in
+`param_dtype` (float32 unless a converted model is kept in bfloat16) and matmuls run in `dtype`
+(float32 or bfloat16); norms and softmax statistics are float32.
 
 Low-rank adapters (LoRA, Hu et al. 2021; `lora_rank > 0`): every block's dense weight W (qkv,
 attention out, MLP in and down) gets a pair A (its input dims x r, random) and B (r x its
@@ -31,9 +36,10 @@ from flax import nnx
 
 from dlm import config as config_lib
 from dlm import sharding
+from dlm.errors import DlmError
 from dlm.models.family import layout
-from dlm.models.layers import (RMSNorm, attention_mask, constrain, dropout, param, rotary,
-                               timestep_features)
+from dlm.models.layers import (LayerNorm, RMSNorm, attention_mask, constrain, dropout, param,
+                               rotary, timestep_features)
 
 REMAT_POLICIES = dict(zip(config_lib.REMATS, (
     None,
@@ -51,18 +57,41 @@ class TransformerConfig(config_lib.Backbone):
   rules: tuple = ()  # logical-axis rules for activation sharding constraints
   token_inputs: bool = True  # False: the caller passes input vectors (continuous families)
   out_features: int = 0  # output head width; 0 = vocab_size (logits)
+  sigma_eps: float = 1e-3  # time_input='sigma_loglinear': the schedule's eps (diffusion.eps)
 
   @property
   def head_dim(self) -> int:
     return self.width // self.heads
 
   @property
-  def mlp_dim(self) -> int:
-    return int(self.mlp_ratio * self.width)
+  def hidden_dim(self) -> int:
+    """The MLP's hidden width."""
+    return self.mlp_dim or int(self.mlp_ratio * self.width)
+
+  @property
+  def kv_groups(self) -> int:
+    """Key/value heads (grouped-query attention when fewer than `heads`)."""
+    return self.kv_heads or self.heads
+
+  @property
+  def dtypes(self) -> tuple:
+    """(parameter storage dtype, compute dtype)."""
+    return jnp.dtype(self.param_dtype), jnp.dtype(self.dtype)
 
   @property
   def conditioned(self) -> bool:
     return self.time_conditioning == "adaln_zero"
+
+
+def vocab_size(config, tokenizer) -> int:
+  """The embedding rows of a run: `model.vocab_size`, or the tokenizer's when 0. A converted
+  model may have more rows than its tokenizer has tokens (LLaDA: 126464 for 126349), never
+  fewer."""
+  rows = config.model.get("vocab_size", 0)
+  if rows and rows < tokenizer.vocab_size:
+    raise DlmError(f"model.vocab_size={rows} is smaller than the tokenizer's "
+                   f"{tokenizer.vocab_size} tokens")
+  return rows or tokenizer.vocab_size
 
 
 def from_config(config, vocab_size: int, **overrides) -> TransformerConfig:
@@ -71,8 +100,22 @@ def from_config(config, vocab_size: int, **overrides) -> TransformerConfig:
   backbone = config_lib.options(config_lib.Backbone, config.model)
   fields = dict(dataclasses.asdict(backbone), vocab_size=vocab_size,
                 rules=sharding.normalize_rules(config.mesh.rules))
+  if "diffusion" in config and "eps" in config.diffusion:
+    fields["sigma_eps"] = config.diffusion.eps
   fields.update(overrides)
   return TransformerConfig(**fields)
+
+
+def for_tokenizer(config, tokenizer, **overrides) -> TransformerConfig:
+  """`from_config` for the run's embedding rows (`vocab_size`)."""
+  return from_config(config, vocab_size(config, tokenizer), **overrides)
+
+
+def _norm(cfg: TransformerConfig, rngs: nnx.Rngs, width: int | None = None):
+  width = width or cfg.width
+  if cfg.norm == "layer":
+    return LayerNorm(width, rngs, cfg.norm_eps, cfg.norm_bias, cfg.dtypes[0])
+  return RMSNorm(width, rngs, cfg.norm_eps, cfg.dtypes[0])
 
 
 def _init(std: float):
@@ -95,47 +138,78 @@ class _Adapted(nnx.Module):
     setattr(self, f"lora_b_{name}", param(rngs, nnx.initializers.zeros, (r, *out_shape),
                                           (None, *out_names)))
 
+  def _dense(self, cfg: TransformerConfig, rngs: nnx.Rngs, name: str, std: float, in_shape,
+             in_names, out_shape, out_names, bias: bool = False) -> None:
+    """Weight `name` (in_shape + out_shape), its adapters, and a zero bias `b<name[1:]>`."""
+    setattr(self, name, param(rngs, _init(std), (*in_shape, *out_shape),
+                              (*in_names, *out_names), cfg.dtypes[0]))
+    if bias:
+      setattr(self, "b" + name[1:], param(rngs, nnx.initializers.zeros, tuple(out_shape),
+                                          tuple(out_names), cfg.dtypes[0]))
+    self._add_lora(cfg, rngs, name, in_shape, in_names, out_shape, out_names)
+
   def _weight(self, name: str, dt) -> jax.Array:
     """W, or W + (alpha / r) A B with adapters, in the compute dtype."""
     w = getattr(self, name)[...]
     if self.cfg.lora_rank:
       a, b = getattr(self, f"lora_a_{name}")[...], getattr(self, f"lora_b_{name}")[...]
-      w = w + (self.cfg.lora_alpha / self.cfg.lora_rank) * jnp.tensordot(a, b, axes=1)
+      w = w + (self.cfg.lora_alpha / self.cfg.lora_rank) * jnp.tensordot(
+          a.astype(w.dtype), b.astype(w.dtype), axes=1)
     return w.astype(dt)
+
+  def _bias(self, name: str, y: jax.Array) -> jax.Array:
+    """y plus the bias of weight `name`, if it has one."""
+    b = getattr(self, "b" + name[1:], None)
+    return y if b is None else y + b[...].astype(y.dtype)
 
 
 class Attention(_Adapted):
+  """Multi-head attention; with `kv_heads < heads` grouped-query attention (Ainslie et al.
+  2023): q, k and v then come from separate projections `wq`, `wkv`."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
-    d, h, k = cfg.width, cfg.heads, cfg.head_dim
+    d, h, k, g = cfg.width, cfg.heads, cfg.head_dim, cfg.kv_groups
     self.cfg = cfg
-    # q, k and v in one matmul (one read of x, one weight gradient).
-    self.wqkv = param(rngs, _init(d**-0.5), (d, 3, h, k), ("embed", None, "heads", "kv"))
+    if g == h:  # q, k and v in one matmul (one read of x, one weight gradient)
+      self._dense(cfg, rngs, "wqkv", d**-0.5, (d,), ("embed",), (3, h, k),
+                  (None, "heads", "kv"), cfg.qkv_bias)
+    else:
+      self._dense(cfg, rngs, "wq", d**-0.5, (d,), ("embed",), (h, k), ("heads", "kv"),
+                  cfg.qkv_bias)
+      self._dense(cfg, rngs, "wkv", d**-0.5, (d,), ("embed",), (2, g, k),
+                  (None, "heads", "kv"), cfg.qkv_bias)
     out_std = (h * k) ** -0.5 / (2 * cfg.depth) ** 0.5
-    self.wo = param(rngs, _init(out_std), (h, k, d), ("heads", "kv", "embed"))
-    self._add_lora(cfg, rngs, "wqkv", (d,), ("embed",), (3, h, k), (None, "heads", "kv"))
-    self._add_lora(cfg, rngs, "wo", (h, k), ("heads", "kv"), (d,), ("embed",))
+    self._dense(cfg, rngs, "wo", out_std, (h, k), ("heads", "kv"), (d,), ("embed",),
+                cfg.attn_out_bias)
 
   def __call__(self, x, mask, positions):
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     names = ("batch", "length", "heads", "kv")
-    qkv = jnp.einsum("bld,dthk->blthk", x, self._weight("wqkv", dt))
-    q, k, v = (constrain(qkv[:, :, i], names, cfg.rules) for i in range(3))
-    q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+    if cfg.kv_groups == cfg.heads:
+      qkv = self._bias("wqkv", jnp.einsum("bld,dthk->blthk", x, self._weight("wqkv", dt)))
+      q, k, v = (qkv[:, :, i] for i in range(3))
+    else:
+      q = self._bias("wq", jnp.einsum("bld,dhk->blhk", x, self._weight("wq", dt)))
+      kv = self._bias("wkv", jnp.einsum("bld,dthk->blthk", x, self._weight("wkv", dt)))
+      k, v = kv[:, :, 0], kv[:, :, 1]
+    q, k, v = (constrain(a, names, cfg.rules) for a in (q, k, v))
+    if cfg.positions == "rotary":
+      q = rotary(q, positions, cfg.rope_theta, cfg.rope_layout)
+      k = rotary(k, positions, cfg.rope_theta, cfg.rope_layout)
     impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
     o = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-    return jnp.einsum("blhk,hkd->bld", o, self._weight("wo", dt))
+    return self._bias("wo", jnp.einsum("blhk,hkd->bld", o, self._weight("wo", dt)))
 
 
 class SwiGLU(_Adapted):
+  """silu(x W_gate) * (x W_up), then W_down (Shazeer 2020); no biases."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
-    d, m = cfg.width, cfg.mlp_dim
+    d, m = cfg.width, cfg.hidden_dim
     self.cfg = cfg
-    self.w_in = param(rngs, _init(d**-0.5), (d, 2, m), ("embed", None, "mlp"))  # gate, up
-    self.w_down = param(rngs, _init(m**-0.5 / (2 * cfg.depth) ** 0.5), (m, d), ("mlp", "embed"))
-    self._add_lora(cfg, rngs, "w_in", (d,), ("embed",), (2, m), (None, "mlp"))
-    self._add_lora(cfg, rngs, "w_down", (m,), ("mlp",), (d,), ("embed",))
+    self._dense(cfg, rngs, "w_in", d**-0.5, (d,), ("embed",), (2, m), (None, "mlp"))  # gate, up
+    self._dense(cfg, rngs, "w_down", m**-0.5 / (2 * cfg.depth) ** 0.5, (m,), ("mlp",), (d,),
+                ("embed",))
 
   def __call__(self, x):
     dt = jnp.dtype(self.cfg.dtype)
@@ -145,25 +219,44 @@ class SwiGLU(_Adapted):
     return h @ self._weight("w_down", dt)
 
 
+class GeluMLP(_Adapted):
+  """gelu(x W_in + b_in) W_down + b_down with the tanh approximation (GPT-2, MDLM's DiT)."""
+
+  def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
+    d, m = cfg.width, cfg.hidden_dim
+    self.cfg = cfg
+    self._dense(cfg, rngs, "w_in", d**-0.5, (d,), ("embed",), (m,), ("mlp",), cfg.mlp_bias)
+    self._dense(cfg, rngs, "w_down", m**-0.5 / (2 * cfg.depth) ** 0.5, (m,), ("mlp",), (d,),
+                ("embed",), cfg.mlp_bias)
+
+  def __call__(self, x):
+    dt = jnp.dtype(self.cfg.dtype)
+    h = jax.nn.gelu(self._bias("w_in", x @ self._weight("w_in", dt)), approximate=True)
+    h = constrain(h, ("batch", "length", "mlp"), self.cfg.rules)
+    return self._bias("w_down", h @ self._weight("w_down", dt))
+
+
 class Block(nnx.Module):
   """Pre-norm block; with adaLN-zero, shift/scale/gate of both branches come from c."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.norm_attn = RMSNorm(cfg.width, rngs)
+    self.norm_attn = _norm(cfg, rngs)
     self.attn = Attention(cfg, rngs)
-    self.norm_mlp = RMSNorm(cfg.width, rngs)
-    self.mlp = SwiGLU(cfg, rngs)
+    self.norm_mlp = _norm(cfg, rngs)
+    self.mlp = GeluMLP(cfg, rngs) if cfg.mlp == "gelu" else SwiGLU(cfg, rngs)
     if cfg.conditioned:  # zero init: every block starts as the identity (adaLN-zero)
       self.modulation = param(rngs, nnx.initializers.zeros, (cfg.cond_width, 6, cfg.width),
-                              ("cond", None, "embed"))
+                              ("cond", None, "embed"), cfg.dtypes[0])
+      if cfg.time_bias:
+        self.modulation_bias = param(rngs, nnx.initializers.zeros, (6, cfg.width),
+                                     (None, "embed"), cfg.dtypes[0])
 
   def __call__(self, x, c, mask, positions, rng):
     cfg = self.cfg
-    dt = jnp.dtype(cfg.dtype)
     if cfg.conditioned:
-      mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.modulation[...].astype(dt))
-      shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = (mod[:, :, i] for i in range(6))
+      shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = _modulation(
+          c, self.modulation, getattr(self, "modulation_bias", None), cfg.dtype)
     rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
     h = self.norm_attn(x)
     if cfg.conditioned:
@@ -178,22 +271,40 @@ class Block(nnx.Module):
     return constrain(x, ("batch", "length", "embed"), cfg.rules)
 
 
+def _modulation(c, weight, bias, dtype) -> tuple[jax.Array, ...]:
+  """adaLN's shift, scale and gate vectors from the conditioning: silu(c) W (+ b), split."""
+  dt = jnp.dtype(dtype)
+  mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), weight[...].astype(dt))
+  if bias is not None:
+    mod = mod + bias[...].astype(dt)
+  return tuple(mod[:, :, i] for i in range(mod.shape[2]))
+
+
 class Transformer(nnx.Module):
   """tokens (batch, length) [+ time (batch, length)] -> logits (batch, length, vocab), float32."""
 
   def __init__(self, cfg: TransformerConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    d = cfg.width
+    d, pdt = cfg.width, cfg.dtypes[0]
     if cfg.token_inputs:
-      self.embed = param(rngs, _init(0.02), (cfg.vocab_size, d), ("vocab", "embed"))
+      self.embed = param(rngs, _init(0.02), (cfg.vocab_size, d), ("vocab", "embed"), pdt)
     elif cfg.tie_embeddings:
       raise ValueError("tie_embeddings needs token inputs")
+    if cfg.positions == "learned":
+      self.pos_embed = param(rngs, _init(0.01), (cfg.max_positions, d), (None, "embed"), pdt)
     if cfg.conditioned:
-      self.time_in = param(rngs, _init(0.02), (256, cfg.cond_width), ("freq", "cond"))
+      self.time_in = param(rngs, _init(0.02), (256, cfg.cond_width), ("freq", "cond"), pdt)
       self.time_hidden = param(rngs, _init(0.02), (cfg.cond_width, cfg.cond_width),
-                               ("cond_in", "cond"))
+                               ("cond_in", "cond"), pdt)
       self.final_modulation = param(rngs, nnx.initializers.zeros, (cfg.cond_width, 2, d),
-                                    ("cond", None, "embed"))
+                                    ("cond", None, "embed"), pdt)
+      if cfg.time_bias:
+        self.time_in_bias = param(rngs, nnx.initializers.zeros, (cfg.cond_width,), ("cond",),
+                                  pdt)
+        self.time_hidden_bias = param(rngs, nnx.initializers.zeros, (cfg.cond_width,),
+                                      ("cond",), pdt)
+        self.final_modulation_bias = param(rngs, nnx.initializers.zeros, (2, d),
+                                           (None, "embed"), pdt)
     if cfg.scan_layers:
       @nnx.split_rngs(splits=cfg.depth)
       @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
@@ -203,23 +314,39 @@ class Transformer(nnx.Module):
       self.blocks = make_blocks(rngs)
     else:
       self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.depth)])
-    self.norm_out = RMSNorm(d, rngs)
+    self.norm_out = _norm(cfg, rngs)
+    out_axis = None if cfg.out_features else "vocab"
     if not cfg.tie_embeddings:
       head_init = _init(cfg.head_init_std) if cfg.head_init_std else nnx.initializers.zeros
-      out_axis = None if cfg.out_features else "vocab"
-      self.unembed = param(rngs, head_init, (d, self.out_features), ("embed", out_axis))
-      self.unembed_bias = param(rngs, nnx.initializers.zeros, (self.out_features,), (out_axis,))
-    else:
-      self.unembed_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",))
+      self.unembed = param(rngs, head_init, (d, self.out_features), ("embed", out_axis), pdt)
+    if cfg.head_bias:
+      self.unembed_bias = param(rngs, nnx.initializers.zeros, (self.out_features,),
+                                (out_axis,), pdt)
 
   @property
   def out_features(self) -> int:
     return self.cfg.out_features or self.cfg.vocab_size
 
   def time_embedding(self, t: jax.Array) -> jax.Array:
-    dt = jnp.dtype(self.cfg.dtype)
-    h = timestep_features(t, 256).astype(dt) @ self.time_in[...].astype(dt)
-    return jax.nn.silu(h) @ self.time_hidden[...].astype(dt)
+    """The conditioning c (batch, length, cond_width) of a per-token time t, read as
+    `cfg.time_input` says: dlm's t (scaled by 1000, DiT's convention), MDLM's loglinear sigma
+    (unscaled, as its `TimestepEmbedder` reads sigma), or zero (MDLM without time)."""
+    cfg = self.cfg
+    dt = jnp.dtype(cfg.dtype)
+    if cfg.time_input == "t":
+      features = timestep_features(t, 256)
+    else:
+      sigma = -jnp.log1p(-(1.0 - cfg.sigma_eps) * t.astype(jnp.float32))
+      if cfg.time_input == "zero":
+        sigma = jnp.zeros_like(sigma)
+      features = timestep_features(sigma, 256, scale=1.0)
+    h = features.astype(dt) @ self.time_in[...].astype(dt)
+    if cfg.time_bias:
+      h = h + self.time_in_bias[...].astype(dt)
+    h = jax.nn.silu(h) @ self.time_hidden[...].astype(dt)
+    if cfg.time_bias:
+      h = h + self.time_hidden_bias[...].astype(dt)
+    return h
 
   def __call__(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None, cond=None,
                mask=None) -> jax.Array:
@@ -245,9 +372,9 @@ class Transformer(nnx.Module):
     """The final adaLN modulation of trunk states `h` by the conditioning `c` (none if None)."""
     if c is None:
       return h
-    dt = jnp.dtype(self.cfg.dtype)
-    mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), self.final_modulation[...].astype(dt))
-    return h * (1 + mod[:, :, 1]) + mod[:, :, 0]
+    shift, scale = _modulation(c, self.final_modulation,
+                               getattr(self, "final_modulation_bias", None), self.cfg.dtype)
+    return h * (1 + scale) + shift
 
   def trunk(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None, cond=None,
             mask=None) -> tuple[jax.Array, jax.Array | None]:
@@ -265,6 +392,8 @@ class Transformer(nnx.Module):
       # FSDP: gather the table's embed dimension before the lookup (vocab stays split).
       table = constrain(self.embed[...], ("vocab", None), cfg.rules)
       x = jnp.take(table, tokens, axis=0).astype(dt)
+      if cfg.positions == "learned":
+        x = x + jnp.take(self.pos_embed[...], positions, axis=0).astype(dt)
     else:
       chex.assert_shape(tokens, (batch, length, cfg.width))
       x = tokens.astype(dt)
@@ -309,10 +438,15 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     if cfg.tie_embeddings:
-      unembed = self.embed[...].T * (cfg.width**-0.5 / 0.02)  # unit-scale logits at init
+      scale = cfg.tied_head_scale or cfg.width**-0.5 / 0.02  # default: unit-scale at init
+      unembed = self.embed[...].T.astype(dt) * jnp.asarray(scale, dt)
     else:
-      unembed = self.unembed[...]
-    logits = (h @ unembed.astype(dt)).astype(jnp.float32) + self.unembed_bias[...]
+      unembed = self.unembed[...].astype(dt)
+    logits = (h @ unembed).astype(jnp.float32)
+    if cfg.head_bias:
+      logits = logits + self.unembed_bias[...].astype(jnp.float32)
+    if cfg.shift_logits:  # Dream: output i predicts token i + 1; realign (position 0 kept)
+      logits = jnp.concatenate([logits[:, :1], logits[:, :-1]], axis=1)
     logits = constrain(logits, ("batch", "length", None if cfg.out_features else "vocab"),
                        cfg.rules)
     return logits

@@ -12,7 +12,7 @@ import numpy as np
 from flax import nnx
 
 from dlm import samplers, sharding
-from dlm.data import pipeline
+from dlm.data import chat, pipeline
 from dlm.errors import DlmError
 from dlm.models.transformer import TransformerConfig
 from dlm.samplers.autoregressive import start_token
@@ -39,8 +39,11 @@ def infill_template(tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(ids, np.int32), np.asarray(given, bool)
 
 
-def prompt_template(tokenizer, prompt: str, length: int, add_bos: bool):
-  ids = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(prompt).tolist()
+def prompt_template(tokenizer, prompt, length: int, add_bos: bool):
+  """(tokens, given) of a prompt (text, or token ids already encoded: a rendered chat) and
+  `length - len(prompt)` masks to generate."""
+  encoded = tokenizer.encode(prompt) if isinstance(prompt, str) else np.asarray(prompt)
+  ids = ([tokenizer.bos_id] if add_bos else []) + encoded.tolist()
   if len(ids) >= length:
     raise DlmError(f"the prompt has {len(ids)} tokens but the model's length is {length}: "
                    "nothing is left to generate")
@@ -52,7 +55,8 @@ def prompt_template(tokenizer, prompt: str, length: int, add_bos: bool):
 
 
 def stop_ids(tokenizer) -> set[int]:
-  return {tokenizer.eos_id, tokenizer.pad_id, *tokenizer.reserved_pad_ids}
+  return {tokenizer.eos_id, tokenizer.pad_id, *tokenizer.reserved_pad_ids,
+          *tokenizer.stop_ids}
 
 
 def cut(ids, given, tokenizer) -> list[int]:
@@ -77,14 +81,14 @@ def canvas_template(tokenizer, family: str, *, length: int, prompt: str | None =
                     add_bos: bool = False, max_length: int | None = None):
   """(tokens, given) of one canvas: a prompt, an infilling template, a pair's source (the
   conditional tasks' `[bos] source [eos]` prefix), or nothing."""
-  if sum(x is not None and x != "" for x in (prompt, infill, source)) > 1:
+  if sum(x is not None and len(x) > 0 for x in (prompt, infill, source)) > 1:
     raise DlmError("give one of --prompt, --infill and --source")
   if infill:
     tokens, given = infill_template(tokenizer, infill)
     if max_length is not None and len(tokens) > max_length:
       raise DlmError(f"the infill template has {len(tokens)} tokens but the model's length "
                      f"is {max_length}")
-  elif prompt:
+  elif prompt is not None and len(prompt):
     tokens, given = prompt_template(tokenizer, prompt, length, add_bos)
   elif source is not None:
     tokens, given = pipeline.pair_prompt(tokenizer, source, length, source_len)
@@ -114,6 +118,49 @@ def sample(model, tokenizer, sampling: SamplerConfig, *, num_samples: int, lengt
               mesh=mesh, times=times, progress=progress)
 
 
+def chat_prompt(tokenizer, template: str, prompt: str, system: str | None = None) -> np.ndarray:
+  """The ids of a one-turn chat (an optional system message, the user's prompt) rendered by the
+  model's chat template, ready for the assistant's answer (HF's `apply_chat_template` with
+  `add_generation_prompt=True`)."""
+  special = {f"{role}_token": tokenizer.token(getattr(tokenizer, f"{role}_id"))
+             for role in ("bos", "eos", "pad", "mask")}
+  text = chat.render(template, chat.messages_of(prompt, system), special)
+  return tokenizer.encode_template(text)
+
+
+def memory_estimate(model, mesh, batch: int, length: int, vocab_size: int) -> dict:
+  """Bytes per device of the model's parameters as placed (sharded or replicated on `mesh`)
+  and of a sampling batch's working set (`auto_batch_size`'s estimate), in GiB."""
+  arrays = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.Array)]
+  total = sum(x.nbytes for x in arrays)
+  device = mesh.devices.flat[0]
+  per_device = sum(s.data.nbytes for x in arrays for s in x.addressable_shards
+                   if s.device == device)
+  rows = -(-batch // mesh.shape["data"])
+  gib = 2.0**30
+  return {"parameters_gib": round(total / gib, 3),
+          "parameters_per_device_gib": round(per_device / gib, 3),
+          "batch_per_device_gib": round(rows * _row_bytes(model, length, vocab_size) / gib, 3),
+          "mesh": dict(mesh.shape)}
+
+
+def _row_bytes(model, length: int, vocab_size: int) -> int:
+  """A sampled row's working set: about eight float32 copies of its logits (softmax,
+  filtering, sorting, the draw) plus the backbone's activations and attention scores."""
+  nets = [node.cfg for _, node in nnx.iter_graph(model)
+          if isinstance(getattr(node, "cfg", None), TransformerConfig)]
+  width = max((c.width for c in nets), default=1024)
+  heads = max((c.heads for c in nets), default=16)
+  return 4 * length * (8 * vocab_size + 32 * width) + 4 * 2 * heads * length * length
+
+
+def _batch_ways(model, mesh) -> int:
+  """How many ways the backbone's rules split a batch on `mesh` (data, and fsdp by default)."""
+  rules = [node.cfg.rules for _, node in nnx.iter_graph(model)
+           if isinstance(getattr(node, "cfg", None), TransformerConfig) and node.cfg.rules]
+  return sharding.batch_axes_size(mesh, rules[0]) if rules else mesh.shape["data"]
+
+
 def _free_bytes(mesh) -> int:
   """Memory one data shard may use for sampling: half of what the host has available on CPU,
   80% of a device's free memory on an accelerator."""
@@ -130,11 +177,7 @@ def auto_batch_size(model, rows: int, length: int, vocab_size: int, mesh) -> int
   working set (about eight float32 copies of its logits, for the softmax, filtering, sorting
   and the draw, plus the backbone's activations and attention scores) against the free memory
   of each data shard."""
-  nets = [node.cfg for _, node in nnx.iter_graph(model)
-          if isinstance(getattr(node, "cfg", None), TransformerConfig)]
-  width = max((c.width for c in nets), default=1024)
-  heads = max((c.heads for c in nets), default=16)
-  per_row = 4 * length * (8 * vocab_size + 32 * width) + 4 * 2 * heads * length * length
+  per_row = _row_bytes(model, length, vocab_size)
   per_shard = max(1, _free_bytes(mesh) // max(per_row, 1))
   return int(min(rows, per_shard * mesh.shape["data"]))
 
@@ -156,8 +199,14 @@ def fill(model, tokenizer, sampling: SamplerConfig, rows, *, seed: int = 0, batc
   if not batch_size:
     batch_size = auto_batch_size(model, len(rows), length, tokenizer.vocab_size, mesh)
   batch_size = min(batch_size, len(rows))
-  shards = mesh.shape["data"]  # a batch of whole rows per data shard (short chunks are padded)
+  shards = _batch_ways(model, mesh)  # whole rows per batch shard (short chunks are padded)
   batch_size = -(-batch_size // shards) * shards
+  if progress:  # the inputs are checked: say what sampling will hold before it starts
+    estimate = memory_estimate(model, mesh, batch_size, length, tokenizer.vocab_size)
+    print(f"dlm: parameters {estimate['parameters_gib']} GiB, "
+          f"{estimate['parameters_per_device_gib']} GiB per device on mesh {estimate['mesh']}; "
+          f"sampling {batch_size} rows needs about {estimate['batch_per_device_gib']} GiB per "
+          "device more", file=sys.stderr)
   batch_sharding = sharding.named_sharding(mesh, ("batch", "length"), (("batch", "data"),))
   results = []
   rng = jax.random.PRNGKey(seed)

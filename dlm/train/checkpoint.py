@@ -171,12 +171,15 @@ class DataRestore(ocp.args.CheckpointArgs):
   item: Any  # a batches.TrainBatches, restored in place
 
 
-def _type_handlers() -> ocp.type_handlers.TypeHandlerRegistry:
-  """Orbax's handlers for the leaves of our trees; see the module docstring on replicas."""
+def _type_handlers(copy_host_arrays: bool = True) -> ocp.type_handlers.TypeHandlerRegistry:
+  """Orbax's handlers for the leaves of our trees; see the module docstring on replicas.
+  Numpy arrays are copied before an asynchronous save returns (the caller may change them);
+  a synchronous save writes them in place (a converted model is not held twice)."""
   th = ocp.type_handlers
   scalar = th.ScalarHandler()
   return th.create_type_handler_registry(
-      (int, scalar), (float, scalar), (np.number, scalar), (np.ndarray, th.NumpyHandler()),
+      (int, scalar), (float, scalar), (np.number, scalar),
+      (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=copy_host_arrays)),
       (jax.Array, th.ArrayHandler(use_replica_parallel=jax.process_count() > 1)))
 
 
@@ -224,6 +227,20 @@ def _write_reason(e: BaseException) -> str:
   return _reason(e)
 
 
+def _params_only(step_dir: str) -> bool:
+  return (os.path.isdir(os.path.join(step_dir, "params"))
+          and not os.path.isdir(os.path.join(step_dir, "opt_state")))
+
+
+def params_only(workdir: str) -> bool:
+  """Whether a workdir's newest step holds parameters only (a converted model), read from
+  its directory names before anything is opened or written."""
+  directory = checkpoint_dir(workdir)
+  steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
+      directory) else []
+  return bool(steps) and _params_only(os.path.join(directory, str(steps[-1])))
+
+
 class Checkpoints:
   """Save and restore train state, data position, config and tokenizer by step.
 
@@ -242,7 +259,7 @@ class Checkpoints:
         max_to_keep=None if read_only else keep, save_interval_steps=0 if read_only else 1,
         enable_async_checkpointing=async_save and not read_only, create=not read_only,
         read_only=read_only)
-    registry = _type_handlers()
+    registry = _type_handlers(copy_host_arrays=async_save and not read_only)
     handlers = {name: ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
                 for name in ARRAY_ITEMS}
     handlers.update(config=ocp.JsonCheckpointHandler(), tokenizer=ocp.JsonCheckpointHandler(),
@@ -323,6 +340,24 @@ class Checkpoints:
       raise self._write_error(step, e) from None
     self._saving = step
 
+  def save_params(self, step: int, params, config, tokenizer: Tokenizer) -> None:
+    """A parameters-only checkpoint (a converted released model): `params` (a pure dict of
+    arrays, host numpy or jax), the config and the tokenizer; no optimizer state, EMA or data
+    position. Sampling, evaluation and `train.init_from` read it (its `params` stand in for
+    the EMA); resuming training from it is refused (`params_only`)."""
+    args = dict(params=ocp.args.PyTreeSave(params),
+                config=ocp.args.JsonSave(json.loads(config.to_json())),
+                tokenizer=ocp.args.JsonSave(json.loads(tokenizer.hf.to_str())))
+    try:
+      self.manager.save(step, args=ocp.args.Composite(**args), force=True)
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(step, e) from None
+
+  def params_only(self, step: int) -> bool:
+    """Whether `step` holds parameters without a train state (`save_params`)."""
+    return _params_only(os.path.join(self.directory, str(step)))
+
   def restore(self, step: int, abstract_state: TrainState, data_iterator=None) -> TrainState:
     """Restores onto the shardings carried by `abstract_state` (any mesh), item by item, so
     that a damaged one is named."""
@@ -344,7 +379,10 @@ class Checkpoints:
     return self._read(step, "data", lambda: self.manager.item_metadata(step)["data"])
 
   def restore_params(self, step: int, abstract_params, which: str = "ema"):
-    """Only the parameters (`params` or `ema`), e.g. for sampling."""
+    """Only the parameters (`params` or `ema`; a parameters-only checkpoint's `params` for
+    both), e.g. for sampling."""
+    if self.params_only(step):
+      which = "params"
     return self._read(step, which, lambda: self.manager.restore(
         step, args=ocp.args.Composite(**{which: _restore(abstract_params)}))[which])
 
@@ -381,7 +419,8 @@ class Checkpoints:
     hf = self._read(step, "tokenizer", read)
     section = config.data.tokenizer
     overrides = {k: v for k, v in dict(section.special_tokens).items() if v}
-    return Tokenizer(hf, section.num_reserved_pads, overrides)
+    return Tokenizer(hf, section.num_reserved_pads, overrides,
+                     tuple(section.get("stop_tokens", ())))
 
   def set_aside(self, step: int, kind: str) -> str:
     """Moves step `step` out of the way, to `WORKDIR/<kind>_checkpoints/<step>` (kept for the

@@ -264,6 +264,10 @@ def train(config, workdir: str, step: int | None = None) -> dict:
   config_lib.validate(config)
   if step is not None and step > config.train.steps:
     raise DlmError(f"--step={step} is past train.steps={config.train.steps}")
+  if ckpt_lib.params_only(workdir):
+    raise DlmError(f"{workdir!r} holds model parameters only (a converted model, no training "
+                   "state): fine-tune it from a new workdir with "
+                   f"--config.train.init_from={workdir}")
   workdir_lib.prepare(workdir)
   with workdir_lib.lock(workdir):
     return _train(config, workdir, step)
