@@ -9,9 +9,8 @@ defaults to the family's first).
 prints the answer, which also ends at the model's end-of-turn token; --mesh shards the
 parameters (FSDP/tensor axes, the training rules) for models no one device holds, and the
 memory per device is printed before sampling. --source conditions a model trained on (source,
-target) pairs; --schedule loads an optimised
-extrinsic time schedule (NeoDiff, `python -m dlm.neodiff_schedule`). Samples end at the first
-generated eos. --output=FILE.jsonl keeps them with their settings; --show_steps
+target) pairs; --schedule loads an optimised extrinsic time schedule (NeoDiff,
+`python -m dlm.neodiff_schedule`). Samples end at the first generated eos. --output=FILE.jsonl keeps them with their settings; --show_steps
 prints how each was denoised; --html=FILE writes a page that replays it.
 """
 

@@ -190,7 +190,7 @@ def test_fine_tuning_a_converted_model_with_adapters(converted, quickstart, tmp_
   config = config_lib.from_file(
       f"{ROOT}/configs/finetune.py:{base}",
       **{"data.data_dir": quickstart.data.data_dir, "train.batch_size": 8, "train.steps": 2,
-         "train.warmup_steps": 1, "train.lr": 1e-2, "train.eval_every": 2,
+         "train.warmup_steps": 1, "train.lr": 1e-2, "train.eval_every": 2, "data.seq_len": 32,
          "train.checkpoint_every": 2, "train.eval_batches": 1, "train.progress": False,
          "train.async_checkpoint": False, "model.lora_rank": 4,
          "train.freeze": "^(?!.*lora_)"})
@@ -267,11 +267,17 @@ def test_bad_input_is_one_error_line_before_anything_is_written(converted, tmp_p
   jobs["bad_stop_tokens"] = ["train.py", "--config=configs/quickstart.py",
                              f"--workdir={tmp_path}/w_bad_stop_tokens",
                              "--config.data.tokenizer.stop_tokens=5"]
+  llada = converted["llada"][1]
+  jobs["system_without_chat"] = ["sample.py", f"--workdir={llada}", "--system=terse"]
+  jobs["chat_without_prompt"] = ["sample.py", f"--workdir={llada}", "--chat"]
+  jobs["bad_mesh"] = ["sample.py", f"--workdir={llada}", "--mesh=1,x,1"]
   messages = {name: message for name, (_, _, message) in cases.items()}
   messages.update(to_hf_of_a_masked_model_as_gpt2="GPT-2's layout holds autoregressive",
                   no_direction="give one of --from_hf", chat_without_template="no chat template",
                   training_a_converted_workdir="holds model parameters only",
-                  bad_stop_tokens="data.tokenizer.stop_tokens must be a list")
+                  bad_stop_tokens="data.tokenizer.stop_tokens must be a list",
+                  system_without_chat="--system needs --chat",
+                  chat_without_prompt="--chat needs --prompt", bad_mesh="--mesh='1,x,1'")
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     done = dict(zip(jobs, pool.map(_run, jobs.values())))
   for name, proc in done.items():
