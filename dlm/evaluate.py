@@ -103,6 +103,12 @@ def sample_entropy(token_lists) -> float:
   return float(np.mean(values)) if values else 0.0
 
 
+def judge_tokens(judge_tokenizer, texts) -> list[list[int]]:
+  """Samples' texts in a judge's own tokens, each after its bos (so that every token of the
+  text is scored): how a judge with another tokenizer reads them."""
+  return [[judge_tokenizer.bos_id, *judge_tokenizer.encode(t).tolist()] for t in texts]
+
+
 def generative_perplexity(judge, token_lists, batch_size: int = 32) -> dict:
   """Perplexity of the samples under an autoregressive judge (first token of each unscored;
   samples longer than a learned-position judge's context are cut to it)."""
@@ -232,10 +238,7 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
         "entropy_bits": sample_entropy(ids),
     }
     if judge is not None:
-      judged = ids
-      if retokenize:
-        jt = judge_run.tokenizer
-        judged = [[jt.bos_id, *jt.encode(r["text"]).tolist()] for r in out]
+      judged = judge_tokens(judge_run.tokenizer, [r["text"] for r in out]) if retokenize else ids
       result["samples"].update(generative_perplexity(judge, judged))
     if mauve:
       rows = validation_rows(config, tokenizer, mesh, num_samples)

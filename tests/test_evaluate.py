@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dlm import config as config_lib
-from dlm import evaluate, samplers
+from dlm import api, evaluate, samplers
 from dlm.errors import DlmError
 from dlm.train import loop
 
@@ -58,13 +58,16 @@ def test_generation_scored_by_the_judge(runs):
 
 
 def test_judge_with_another_tokenizer_scores_the_text_again(runs):
-  # The judge (vocabulary 1024, zero head: uniform) reads the samples' text in its own tokens
-  # after its bos, so its generative perplexity is exactly its vocabulary size.
-  result = evaluate.evaluate(runs["masked"], judge_workdir=runs["ar_other_vocab"],
-                             sampler=samplers.SamplerConfig(steps=8), num_samples=4,
-                             eval_batches=1)
-  assert result["judge"]["retokenized"] is True
-  assert result["samples"]["gen_perplexity"] == pytest.approx(1024, rel=1e-3)
+  # The judge (vocabulary 1024, zero head: uniform) reads texts in its own tokens after its
+  # bos, so its generative perplexity is exactly its vocabulary size.
+  judge = api.load(runs["ar_other_vocab"], params="params")
+  texts = ["def add(a, b):\n    return a + b", "The json module encodes objects."]
+  ids = evaluate.judge_tokens(judge.tokenizer, texts)
+  assert ids[0][0] == judge.tokenizer.bos_id
+  assert ids[1][1:] == judge.tokenizer.encode(texts[1]).tolist()
+  result = evaluate.generative_perplexity(judge.model, ids)
+  assert result["gen_perplexity"] == pytest.approx(1024, rel=1e-3)
+  assert result["scored_tokens"] == sum(len(i) - 1 for i in ids)
   with pytest.raises(DlmError, match="must be autoregressive"):
     evaluate.evaluate(runs["masked"], judge_workdir=runs["masked"])
 
