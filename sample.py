@@ -26,6 +26,7 @@ from dlm import registry
 from dlm import samplers
 from dlm.errors import DlmError
 from dlm.samplers import render, text
+from dlm.train import restore
 
 cli.define_workdir_flags()
 cli.define_sampling_flags("One of: " + "; ".join(
@@ -69,6 +70,10 @@ def main(argv):
       raise DlmError("--system needs --chat")
     if FLAGS.chat and not FLAGS.prompt:
       raise DlmError("--chat needs --prompt (the user's message)")
+    if FLAGS.chat and not restore.read_config(workdir, FLAGS.step).data.tokenizer.chat_template:
+      raise DlmError(f"{workdir!r} has no chat template (data.tokenizer.chat_template is "
+                     "empty): --chat needs an instruct model converted with its "
+                     "tokenizer_config.json")
     with cli.stdout_to_stderr():
       run = dlm.load(workdir, step=FLAGS.step, params=FLAGS.params, mesh=mesh)
       data = run.config.data
