@@ -267,6 +267,17 @@ def test_bad_input_is_one_error_line_before_anything_is_written(converted, tmp_p
                              f"--workdir={tmp_path}/w_bad_stop_tokens",
                              "--config.data.tokenizer.stop_tokens=5"]
   llada = converted["llada"][1]
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full/x").write_text("x")
+  jobs["to_hf_without_arch"] = ["-m", "dlm.convert", f"--to_hf={tmp_path}/out",
+                                f"--workdir={llada}"]
+  jobs["to_hf_into_a_full_directory"] = ["-m", "dlm.convert", f"--to_hf={tmp_path}/full",
+                                         "--arch=llada", f"--workdir={llada}"]
+  jobs["negative_seq_len"] = ["-m", "dlm.convert", f"--from_hf={HF / 'llada'}",
+                              f"--workdir={tmp_path}/w_negative_seq_len", "--seq_len=-1"]
+  jobs["missing_tokenizer"] = ["-m", "dlm.convert", f"--from_hf={HF / 'mdlm'}",
+                               f"--workdir={tmp_path}/w_missing_tokenizer",
+                               f"--tokenizer={tmp_path}/none.json"]
   jobs["system_without_chat"] = ["sample.py", f"--workdir={llada}", "--system=terse"]
   jobs["chat_without_prompt"] = ["sample.py", f"--workdir={llada}", "--chat"]
   jobs["bad_mesh"] = ["sample.py", f"--workdir={llada}", "--mesh=1,x,1"]
@@ -276,7 +287,11 @@ def test_bad_input_is_one_error_line_before_anything_is_written(converted, tmp_p
                   training_a_converted_workdir="holds model parameters only",
                   bad_stop_tokens="data.tokenizer.stop_tokens must be a list",
                   system_without_chat="--system needs --chat",
-                  chat_without_prompt="--chat needs --prompt", bad_mesh="--mesh='1,x,1'")
+                  chat_without_prompt="--chat needs --prompt", bad_mesh="--mesh='1,x,1'",
+                  to_hf_without_arch="--to_hf needs --arch",
+                  to_hf_into_a_full_directory="is not empty",
+                  negative_seq_len="--seq_len must be >= 0",
+                  missing_tokenizer="no tokenizer at")
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
     done = dict(zip(jobs, pool.map(_run, jobs.values())))
   for name, proc in done.items():
