@@ -70,10 +70,8 @@ def main(argv):
       raise DlmError("--system needs --chat")
     if FLAGS.chat and not FLAGS.prompt:
       raise DlmError("--chat needs --prompt (the user's message)")
-    if FLAGS.chat and not restore.read_config(workdir, FLAGS.step).data.tokenizer.chat_template:
-      raise DlmError(f"{workdir!r} has no chat template (data.tokenizer.chat_template is "
-                     "empty): --chat needs an instruct model converted with its "
-                     "tokenizer_config.json")
+    if FLAGS.chat:  # from the stored config, before any parameter is read
+      dlm.api.chat_template(restore.read_config(workdir, FLAGS.step))
     with cli.stdout_to_stderr():
       run = dlm.load(workdir, step=FLAGS.step, params=FLAGS.params, mesh=mesh)
       data = run.config.data

@@ -76,11 +76,7 @@ def sample(run: Loaded, prompts: str | Sequence[str] | None = None, *, num_sampl
   if chat:
     if prompts is None or infill is not None or source is not None:
       raise DlmError("chat needs a prompt (and no infill template or source)")
-    template = data.tokenizer.chat_template
-    if not template:
-      raise DlmError("this model has no chat template (data.tokenizer.chat_template is "
-                     "empty): chat needs an instruct model converted with its "
-                     "tokenizer_config.json")
+    template = chat_template(run.config)
     one = lambda p: sample_text.chat_prompt(run.tokenizer, template, p, system)  # noqa: E731
     prompts = [one(p) for p in prompts] if isinstance(prompts, (list, tuple)) else one(prompts)
     data = _no_bos(data)
@@ -97,6 +93,15 @@ def sample(run: Loaded, prompts: str | Sequence[str] | None = None, *, num_sampl
                                         max_length=data.seq_len)] * num_samples
   return sample_text.fill(run.model, run.tokenizer, sampling, rows, seed=seed,
                           batch_size=batch_size, mesh=run.mesh, times=times, progress=progress)
+
+
+def chat_template(config) -> str:
+  """A config's chat template; a DlmError if it has none (`chat` needs an instruct model)."""
+  template = config.data.tokenizer.chat_template
+  if not template:
+    raise DlmError("this model has no chat template (data.tokenizer.chat_template is empty): "
+                   "chat needs an instruct model converted with its tokenizer_config.json")
+  return template
 
 
 def _no_bos(data):

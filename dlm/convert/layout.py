@@ -85,9 +85,10 @@ def get(hf: dict, key: str, *alternatives: str, default=None, required: bool = T
 
 
 def refuse(hf: dict, key: str, allowed, what: str) -> None:
-  """A DlmError if config.json's `key` is set to something other than `allowed`."""
-  value = hf.get(key, allowed[0] if isinstance(allowed, tuple) else allowed)
+  """A DlmError if config.json sets `key` to something other than `allowed` (a value or a
+  tuple of values); an absent key is allowed."""
   allowed = allowed if isinstance(allowed, tuple) else (allowed,)
+  value = hf.get(key, allowed[0])
   if value not in allowed:
     raise DlmError(f"config.json has {key}={value!r}: {what} is not supported")
 

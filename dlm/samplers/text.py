@@ -130,13 +130,14 @@ def chat_prompt(tokenizer, template: str, prompt: str, system: str | None = None
 
 def memory_estimate(model, mesh, batch: int, length: int, vocab_size: int) -> dict:
   """Bytes per device of the model's parameters as placed (sharded or replicated on `mesh`)
-  and of a sampling batch's working set (`auto_batch_size`'s estimate), in GiB."""
+  and of a sampling batch's working set (`auto_batch_size`'s estimate for the rows each device
+  holds: the batch split over the axes the backbone's rules shard it on), in GiB."""
   arrays = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.Array)]
   total = sum(x.nbytes for x in arrays)
   device = mesh.devices.flat[0]
   per_device = sum(s.data.nbytes for x in arrays for s in x.addressable_shards
                    if s.device == device)
-  rows = -(-batch // mesh.shape["data"])
+  rows = -(-batch // _batch_ways(model, mesh))
   gib = 2.0**30
   return {"parameters_gib": round(total / gib, 3),
           "parameters_per_device_gib": round(per_device / gib, 3),
