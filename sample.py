@@ -1,6 +1,6 @@
 """Sample from a checkpoint: python sample.py --workdir=DIR [--num_samples=K] [--steps=S]
     [--sampler=NAME] [--prompt=TEXT | --infill="text [MASK*5] text" | --source=TEXT]
-    [sampler options] [--chat [--system=TEXT]] [--mesh=DATA,FSDP,TENSOR]
+    [sampler options] [--chat [--system=TEXT]] [--new_tokens=N] [--mesh=DATA,FSDP,TENSOR]
 
 The checkpoint holds the model's config and tokenizer; nothing else is needed. Any family:
 masked, continuous, neodiff, autoregressive, ccdd, cosmos, any_order, joint_head (the sampler
@@ -35,6 +35,8 @@ cli.define_sampling_flags("One of: " + "; ".join(
 flags.DEFINE_integer("num_samples", 4, "How many samples.")
 flags.DEFINE_integer("batch_size", 0, "Samples per device call (0: as many as fit in memory).")
 flags.DEFINE_integer("length", 0, "Tokens per sample (0: the model's training length).")
+flags.DEFINE_integer("new_tokens", 0, "Positions to generate after the prompt (LLaDA's "
+                     "gen_length), instead of --length; 0: fill --length.")
 flags.DEFINE_string("prompt", None, "Text the samples continue.")
 flags.DEFINE_string("infill", None, "Text with [MASK] / [MASK*n] spans to fill.")
 flags.DEFINE_string("source", None, "Source text of a conditional (pair) model, e.g. code to "
@@ -57,7 +59,7 @@ def main(argv):
     workdir = cli.workdir()
     if FLAGS.num_samples <= 0:
       raise DlmError(f"--num_samples must be positive, got {FLAGS.num_samples}")
-    for name in ("length", "batch_size"):
+    for name in ("length", "batch_size", "new_tokens"):
       if FLAGS[name].value < 0:
         raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
     cli.check_output(FLAGS.output)
@@ -85,11 +87,13 @@ def main(argv):
       results = dlm.sample(run, FLAGS.prompt, num_samples=FLAGS.num_samples, sampler=sampling.name,
                            length=FLAGS.length, seed=FLAGS.seed, batch_size=FLAGS.batch_size,
                            infill=FLAGS.infill, source=FLAGS.source, times=times,
-                           progress=True, chat=FLAGS.chat, system=FLAGS.system, **options)
+                           progress=True, chat=FLAGS.chat, system=FLAGS.system,
+                           new_tokens=FLAGS.new_tokens, **options)
   settings = {"workdir": workdir, "step": run.step, "params": FLAGS.params,
               **dataclasses.asdict(sampling), "seed": FLAGS.seed, "prompt": FLAGS.prompt,
               "infill": FLAGS.infill, "source": FLAGS.source, "schedule": FLAGS.schedule,
-              "chat": FLAGS.chat, "system": FLAGS.system, "mesh": FLAGS.mesh}
+              "chat": FLAGS.chat, "system": FLAGS.system, "mesh": FLAGS.mesh,
+              "new_tokens": FLAGS.new_tokens}
   for i, r in enumerate(results):
     print(f"--- sample {i} (nfe {r['nfe']}) ---")
     # pairs: the target; chat: the answer

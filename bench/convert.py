@@ -78,10 +78,10 @@ def write_llada(directory: str, layers: int) -> None:
   hf_files.write_weights(directory, tensors(), shard_bytes=5 << 30)
 
 
-def convert(hf_dir: str, workdir: str) -> dict:
+def convert(hf_dir: str, workdir: str, dtype: str = "bfloat16") -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   out = subprocess.run([sys.executable, "-m", "dlm.convert", f"--from_hf={hf_dir}",
-                        f"--workdir={workdir}", "--dtype=bfloat16"], env=env,
+                        f"--workdir={workdir}", f"--dtype={dtype}"], env=env,
                        capture_output=True, text=True, check=False)
   if out.returncode:
     raise SystemExit(f"conversion failed: {out.stderr[-2000:]}")

@@ -63,13 +63,15 @@ def sample(run: Loaded, prompts: str | Sequence[str] | None = None, *, num_sampl
            sampler: str | None = None, length: int = 0, seed: int = 0, batch_size: int = 0,
            infill: str | None = None, source: str | None = None, times=None,
            progress: bool = False, chat: bool = False, system: str | None = None,
-           **options) -> list[dict]:
+           new_tokens: int = 0, **options) -> list[dict]:
   """Samples as records (`text`, `generated`, `tokens`, `full_tokens`, `given`,
   `revealed_at`, `nfe`): one per prompt of a list, or `num_samples` continuing one prompt (or
   an `infill` template, or a pair model's `source`, or nothing). `length` 0 is the model's
   training length; `options` are the sampler's (see `sampler_config`). With `chat`, each
   prompt is a user message (after the `system` message, if any) rendered by the model's chat
-  template (`data.tokenizer.chat_template`), and the answer follows it."""
+  template (`data.tokenizer.chat_template`), and the answer follows it. `new_tokens` > 0:
+  each prompt's canvas is the prompt and that many positions to generate (LLaDA's
+  `gen_length`; shorter rows padded after them with given pad tokens), instead of `length`."""
   sampling = sampler_config(run.family, sampler, **options)
   data = run.config.data
   length = length or data.seq_len
@@ -80,7 +82,17 @@ def sample(run: Loaded, prompts: str | Sequence[str] | None = None, *, num_sampl
     one = lambda p: sample_text.chat_prompt(run.tokenizer, template, p, system)  # noqa: E731
     prompts = [one(p) for p in prompts] if isinstance(prompts, (list, tuple)) else one(prompts)
     data = _no_bos(data)
-  if isinstance(prompts, (list, tuple)):
+  if new_tokens < 0:
+    raise DlmError(f"new_tokens must be >= 0, got {new_tokens}")
+  if new_tokens:
+    if prompts is None or infill is not None or source is not None:
+      raise DlmError("new_tokens counts the positions after a prompt: give a prompt")
+    many = isinstance(prompts, (list, tuple))
+    rows = sample_text.prompt_rows(run.tokenizer, prompts if many else [prompts], new_tokens,
+                                   data.add_bos)
+    if not many:
+      rows = rows * num_samples
+  elif isinstance(prompts, (list, tuple)):
     rows = [sample_text.canvas_template(run.tokenizer, run.family, length=length, prompt=p,
                                         source_len=data.source_len, add_bos=data.add_bos,
                                         max_length=data.seq_len) for p in prompts]

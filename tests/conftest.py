@@ -4,12 +4,29 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# One persistent XLA compilation cache for the run: pytest-xdist's workers and the entry points
+# the tests start (train.py, sample.py, ... inherit the environment) compile the same tiny
+# programs again and again. The controller makes it (workers inherit its environment) and
+# removes it at the end (`pytest_unconfigure`).
+_OWN_CACHE = "PYTEST_XDIST_WORKER" not in os.environ and "DLM_TEST_XLA_CACHE" not in os.environ
+if _OWN_CACHE:
+  import tempfile  # noqa: E402
+
+  os.environ["DLM_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="dlm-tests-xla-cache-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["DLM_TEST_XLA_CACHE"])
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
 
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
 
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE and not hasattr(config, "workerinput"):  # the controller: the run is over
+    shutil.rmtree(os.environ["DLM_TEST_XLA_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -164,7 +164,7 @@ def test_a_converted_gpt2_judges_generated_text(converted):
 def test_sampling_with_sharded_parameters(converted):
   workdir = converted["llada"][1]
   prompt, options = "def f(x):", dict(sampler="low_confidence", length=40, steps=10,
-                                      block_length=8, temperature=0.0)
+                                      block_length=8, blocks_from="canvas", temperature=0.0)
   replicated = dlm.load(workdir)
   mesh = sharding.make_mesh((1, 4, 2))
   sharded = dlm.load(workdir, mesh=mesh)
@@ -176,7 +176,7 @@ def test_sampling_with_sharded_parameters(converted):
   expected = replicated.model.denoise(tokens, None)
   with jax.set_mesh(mesh):
     np.testing.assert_allclose(sharded.model.denoise(tokens, None), expected, atol=1e-5)
-  b = dlm.sample(sharded, [prompt, prompt + " return"], **options)
+  b = dlm.sample(sharded, [prompt, prompt + " return"], cache="dual", **options)
   assert all(sharded.tokenizer.mask_id not in r["full_tokens"] for r in b)  # all filled
   chats = dlm.sample(sharded, ["Say hi."], chat=True, system="You are terse.",
                      **{**options, "length": 64, "steps": 16})
@@ -303,8 +303,34 @@ def test_bad_input_is_one_error_line_before_anything_is_written(converted, tmp_p
 def test_sample_py_chats_with_a_converted_instruct_model(converted):
   proc = _run(["sample.py", f"--workdir={converted['llada'][1]}", "--chat",
                "--prompt=Say hi.", "--system=You are terse.", "--num_samples=2",
-               "--length=64", "--steps=8", "--block_length=8", "--mesh=1,4,2"],
+               "--new_tokens=16", "--steps=8", "--block_length=8", "--mesh=1,4,2"],
               devices=8)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.count("--- sample") == 2
   assert "GiB per device on mesh" in proc.stderr
+
+
+def test_new_tokens_generate_after_each_prompt(converted):
+  run = dlm.load(converted["llada"][1])
+  prompts = ["def", "def f(x): return x"]
+  options = dict(new_tokens=8, sampler="low_confidence", block_length=4, steps=4,
+                 temperature=0.0)
+  out = dlm.sample(run, prompts, **options)
+  lengths = [len(run.tokenizer.encode(p)) for p in prompts]
+  for r, n in zip(out, lengths):
+    given = np.asarray(r["given"])
+    assert len(given) == max(lengths) + 8
+    np.testing.assert_array_equal(np.flatnonzero(~given), np.arange(n, n + 8))
+    assert (np.asarray(r["revealed_at"])[n:n + 8] // 2 == np.repeat([0, 1], 4)).all()
+  # The converted model's key/value cache, refreshed at every step: the same tokens.
+  cached = dlm.sample(run, prompts, cache="dual", cache_refresh=1, **options)
+  assert [r["full_tokens"] for r in cached] == [r["full_tokens"] for r in out]
+
+
+def test_the_converted_gpt2_decodes_with_its_cache_as_without(converted):
+  run = dlm.load(converted["gpt2"][1])
+  options = dict(num_samples=3, length=40, temperature=1.0, seed=2)
+  cached = dlm.sample(run, "def f(x):", sampler="autoregressive", **options)
+  full = dlm.sample(run, "def f(x):", sampler="autoregressive_full", **options)
+  assert [r["full_tokens"] for r in cached] == [r["full_tokens"] for r in full]
+  assert [r["nfe"] for r in cached] == [r["nfe"] for r in full]

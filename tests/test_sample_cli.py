@@ -68,6 +68,11 @@ def test_samples_infill_and_replay(workdir, tmp_path):
     (["--prompt=" + "word " * 100], "the prompt has"),
     (["--sampler=nope"], "unknown sampler 'nope'"),
     (["--infill=no spans here"], "no [MASK]"),
+    (["--threshold=1.5", "--sampler=low_confidence"], "threshold must be in (0, 1]"),
+    (["--threshold=0.9"], "not with sampler 'ancestral'"),
+    (["--cache=dual"], "not sampler 'ancestral'"),
+    (["--sampler=low_confidence", "--prompt=Return the", "--block_length=8", "--length=32"],
+     "does not divide the generation length"),
 ])
 def test_bad_sampling_input(workdir, args, message):
   out = _sample(f"--workdir={workdir}", "--num_samples=1", "--steps=4", *args)

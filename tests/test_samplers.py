@@ -1,6 +1,8 @@
 """Samplers against exact answers: a toy denoiser that returns the exact conditionals of a known
 distribution over length-3 sequences."""
 
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +125,7 @@ def test_semi_autoregressive_blocks_fill_in_order(name):
 
 @pytest.mark.parametrize("name", ["low_confidence", "ancestral"])
 def test_blocks_of_a_prompt_cost_no_pass(name):
-  """Semi-autoregressive decoding after a prompt: the prompt's whole blocks are skipped (no
+  """Blocks from the canvas start after a prompt: the prompt's whole blocks are skipped (no
   network pass, no NFE); the later blocks keep their step numbers and fill every mask."""
   calls = []
 
@@ -135,10 +137,13 @@ def test_blocks_of_a_prompt_cost_no_pass(name):
   # block 1 (8-15) is not (row 0 has masks there), so only block 0 is skipped.
   tokens = jnp.full((2, 24), 11, jnp.int32).at[0, :10].set(3).at[1, :17].set(3)
   canvas = Canvas(tokens, tokens != 11)
-  cfg = SamplerConfig(name=name, steps=12, block_length=8, temperature=0.0)
+  cfg = SamplerConfig(name=name, steps=12, block_length=8, temperature=0.0,
+                      blocks_from="canvas")
   out = samplers.run(counting, SCHEDULE, cfg, jax.random.PRNGKey(0), canvas, 11)
   jax.block_until_ready(out.tokens)
-  assert len(calls) == 8 and (np.asarray(out.nfe) == 8).all()  # 2 of 3 blocks x 4 steps
+  assert len(calls) == 8  # 2 of 3 blocks x 4 steps
+  # low_confidence: row 1 has nothing to generate in block 1 (no NFE); ancestral counts steps
+  np.testing.assert_array_equal(out.nfe, [8, 4] if name == "low_confidence" else [8, 8])
   assert (np.asarray(out.tokens) != 11).all()
   assert np.asarray(out.revealed_at).max() < 12 and np.asarray(out.revealed_at)[0, 10] >= 4
 
@@ -317,8 +322,12 @@ def test_dream_reveal_schedule():
     got = per_step(SamplerConfig(name=order, steps=4, reveal="dream"))
     assert got == [[5, 6, 6, 7], _dream_counts(20, 4)], order  # per row
   assert _dream_counts(20, 4) == [4, 5, 5, 6]
-  # Semi-AR blocks of 12: the schedule within each block over its 3 steps.
+  # Semi-AR blocks of 12: the schedule within each block over its 3 steps; blocks start at
+  # each row's prompt end (row 1: positions 4-15, then the 8 left), or at position 0.
   got = per_step(SamplerConfig(name="low_confidence", steps=6, block_length=12, reveal="dream"))
+  assert got == [_dream_counts(12, 3) * 2, _dream_counts(12, 3) + _dream_counts(8, 3)]
+  got = per_step(SamplerConfig(name="low_confidence", steps=6, block_length=12, reveal="dream",
+                               blocks_from="canvas"))
   assert got == [_dream_counts(12, 3) * 2, _dream_counts(8, 3) + _dream_counts(12, 3)]
   assert _dream_counts(12, 3) == [3, 4, 5]
   # The default is LLaDA's even split.
@@ -345,3 +354,197 @@ def test_html_replay_escapes_closing_tags_in_its_script():
   data = page.split("const DATA = ", 1)[1].split(";\nconst slider", 1)[0]
   assert json.loads(data) == [{"pieces": pieces, "at": [-1, 0, 1, 1], "steps": 2,
                                "label": "</SCRIPT>"}]
+
+
+def _llada_generate(model, row, prompt_len, steps, gen_length, block_length, mask):
+  """A direct transcription of LLaDA's `generate.py::generate` (temperature 0, low-confidence
+  remasking, no CFG) for one row whose generation is positions prompt_len .. + gen_length."""
+  x = np.array(row)
+  num_blocks = gen_length // block_length
+  per_block = steps // num_blocks
+  for b in range(num_blocks):
+    start = prompt_len + b * block_length
+    end = start + block_length
+    masked = int((x[start:end] == mask).sum())  # get_num_transfer_tokens
+    num_transfer = [masked // per_block + (i < masked % per_block) for i in range(per_block)]
+    for i in range(per_block):
+      mask_index = x == mask
+      logits = np.asarray(model(jnp.asarray(x[None]), jnp.zeros((1, len(x)))))[0]
+      x0 = logits.argmax(-1)
+      p = np.exp(logits - logits.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      x0_p = np.take_along_axis(p, x0[:, None], -1)[:, 0]
+      x0_p[end:] = -np.inf
+      x0 = np.where(mask_index, x0, x)
+      confidence = np.where(mask_index, x0_p, -np.inf)
+      select = np.argsort(-confidence, kind="stable")[:num_transfer[i]]
+      x[select] = x0[select]
+  return x
+
+
+def test_prompt_relative_blocks_match_llada_generate():
+  # Rows with prompts of 3, 6 and 9 tokens, each followed by 12 positions to generate (blocks of
+  # 4, from the row's prompt end) and given padding after them.
+  vocab, length, gen, block, steps = 11, 24, 12, 4, 6
+  w = _random_denoiser(vocab, length, time_weight=0.0)
+  denoise = lambda z, t: w(z, t).at[..., vocab].set(-1e9)  # noqa: E731  (never [MASK])
+  rows, given = [], []
+  for prompt in (3, 6, 9):
+    row = np.full(length, vocab, np.int32)
+    row[:prompt] = np.arange(prompt) % vocab
+    row[prompt + gen:] = 1
+    rows.append(row)
+    given.append(row != vocab)
+  canvas = Canvas(jnp.asarray(np.stack(rows)), jnp.asarray(np.stack(given)))
+  cfg = samplers.with_generation_length(
+      SamplerConfig(name="low_confidence", steps=steps, block_length=block, temperature=0.0),
+      canvas)
+  assert cfg.generation_length == gen  # from the prompt end to the last mask
+  out = samplers.run(denoise, SCHEDULE, cfg, jax.random.PRNGKey(0), canvas, vocab)
+  for r, prompt in enumerate((3, 6, 9)):
+    expected = _llada_generate(denoise, rows[r], prompt, steps, gen, block, vocab)
+    np.testing.assert_array_equal(np.asarray(out.tokens)[r], expected)
+  revealed = np.asarray(out.revealed_at)
+  for r, prompt in enumerate((3, 6, 9)):  # block b of each row in steps 2b, 2b + 1
+    blocks = revealed[r, prompt:prompt + gen].reshape(3, 4) // 2
+    np.testing.assert_array_equal(blocks, np.arange(3)[:, None] * np.ones((1, 4), int))
+  canvas_blocks = samplers.run(denoise, SCHEDULE, dataclasses.replace(cfg, blocks_from="canvas",
+                                                                       steps=12),
+                               jax.random.PRNGKey(0), canvas, vocab)
+  assert (np.asarray(canvas_blocks.tokens) != np.asarray(out.tokens)).any()
+
+
+def test_threshold_decoding():
+  vocab, length = 11, 24
+  denoise = _random_denoiser(vocab, length)
+  tokens = jnp.full((4, length), vocab, jnp.int32).at[:, :4].set(3)
+  canvas = Canvas(tokens, tokens != vocab)
+  run = lambda cfg: jax.jit(lambda r: samplers.run(denoise, SCHEDULE, cfg, r, canvas, vocab))(
+      jax.random.PRNGKey(5))  # noqa: E731
+  fixed = functools.partial(SamplerConfig, name="low_confidence", steps=20, block_length=4,
+                            generation_length=20)  # what samplers.generate sets
+  one_per_step = run(fixed())
+  never = run(fixed(threshold=1.0))
+  for field in ("tokens", "revealed_at", "nfe"):  # threshold 1 is never exceeded
+    np.testing.assert_array_equal(getattr(never, field), getattr(one_per_step, field))
+  loose = run(fixed(threshold=0.05))
+  assert (np.asarray(loose.tokens) != vocab).all()
+  assert (np.asarray(loose.nfe) < 20).all()  # several tokens per step: fewer passes
+  revealed = np.asarray(loose.revealed_at)[:, 4:]
+  for r in range(4):  # each pass reveals at least one of the row's tokens, blocks in order
+    assert len(np.unique(revealed[r])) == np.asarray(loose.nfe)[r]
+    assert (np.diff(revealed[r].reshape(5, 4).max(1)) > 0).all()
+  factor = run(fixed(factor=1.0))
+  assert (np.asarray(factor.tokens) != vocab).all() and (np.asarray(factor.nfe) <= 20).all()
+  tiny = run(fixed(factor=1e-6))
+  np.testing.assert_array_equal(tiny.tokens, one_per_step.tokens)  # one per step
+
+
+def test_factor_rule_counts():
+  from dlm.samplers.confidence import _factor_count
+
+  conf = jnp.array([[0.9, 0.8, 0.5, -jnp.inf], [0.2, 0.1, -jnp.inf, -jnp.inf]])
+  # factor 1: thresholds 1 - 1/(n + 1) = 0.5, 0.667, 0.75 for n = 1, 2, 3 (n = 1 always)
+  np.testing.assert_array_equal(_factor_count(conf, 1.0), [2, 1])
+  np.testing.assert_array_equal(_factor_count(conf, 2.0), [3, 1])  # 0, 0.333, 0.5
+
+
+@pytest.mark.parametrize("scan_layers, kv_heads, positions", [(False, 0, "rotary"),
+                                                               (True, 2, "learned")])
+def test_cached_autoregressive_decoding_equals_recomputing(scan_layers, kv_heads, positions):
+  from flax import nnx
+
+  from dlm.models.autoregressive import AutoRegressive
+  from dlm.models.transformer import TransformerConfig
+
+  cfg = TransformerConfig(vocab_size=13, width=32, depth=2, heads=4, kv_heads=kv_heads,
+                          positions=positions, max_positions=24, scan_layers=scan_layers,
+                          qkv_bias=True, head_init_std=0.5)
+  model = _randomized(lambda: AutoRegressive(cfg, nnx.Rngs(0)), seed=3)
+  tokens = jnp.full((6, 24), 12, jnp.int32).at[:, :4].set(3).at[:, 10].set(5)
+  canvas = Canvas(tokens, tokens != 12)
+  out = {}
+  for name in ("autoregressive", "autoregressive_full"):
+    cfg_s = SamplerConfig(name=name, temperature=1.0, stop_ids=(0,))
+    out[name] = samplers.generate(model, cfg_s, jax.random.PRNGKey(1), canvas)
+  cached, full = out["autoregressive"], out["autoregressive_full"]
+  for field in ("tokens", "revealed_at", "nfe"):
+    np.testing.assert_array_equal(getattr(cached, field), getattr(full, field))
+  assert (np.asarray(full.tokens)[:, 10] == 5).all()
+  assert len({tuple(r) for r in np.asarray(full.tokens).tolist()}) > 1
+
+
+def _randomized(make, seed):
+  """The module `make()` builds, every parameter N(0, 0.3^2) (initialised abstractly and drawn
+  by numpy: eager initialisation costs seconds)."""
+  from flax import nnx
+
+  graphdef, state = nnx.split(nnx.eval_shape(make))
+  leaves, tree = jax.tree.flatten(nnx.to_pure_dict(state))
+  rng = np.random.default_rng(seed)
+  values = [jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype) for x in leaves]
+  return nnx.merge(graphdef, jax.tree.unflatten(tree, values))
+
+
+@functools.cache
+def _random_masked_net(vocab=11, length=24, **overrides):
+  from flax import nnx
+
+  from dlm.models.transformer import Transformer, TransformerConfig
+
+  cfg = TransformerConfig(**{"vocab_size": vocab + 1, "width": 32, "depth": 2, "heads": 4,
+                             "cond_width": 16, **overrides})
+  return _randomized(lambda: Transformer(cfg, nnx.Rngs(0)), seed=4)
+
+
+@pytest.mark.parametrize("cache, threshold, shifted", [("prefix", 0.0, False),
+                                                        ("dual", 0.3, True)])
+def test_kv_cache_refreshed_at_every_step_gives_the_uncached_tokens(cache, threshold, shifted):
+  from dlm.samplers.confidence import cached_confidence, confidence
+  from dlm.samplers.core import CachedDenoiser
+
+  vocab, length = 11, 20
+  tokens = jnp.full((3, length), vocab, jnp.int32)
+  tokens = tokens.at[0, :4].set(3).at[1, :8].set(5).at[2, :4].set(7).at[2, 16:].set(1)
+  canvas = Canvas(tokens, tokens != vocab)
+  # Blocks of 8 from each prompt end over the longest generation (16): two blocks.
+  sampling = SamplerConfig(name="low_confidence", steps=8, block_length=8, temperature=1.0,
+                           threshold=threshold, generation_length=16, cache=cache)
+
+  def sample(depth, **settings):
+    net = _random_masked_net(vocab, length, depth=depth, shift_logits=shifted)  # Dream's head
+    s = dataclasses.replace(sampling, **settings)
+    if s.cache == "none":
+      return jax.jit(lambda r: confidence("low_confidence", lambda z, t: net(z, t), s, r,
+                                          canvas, vocab))(jax.random.PRNGKey(9))
+    cached = CachedDenoiser(net.kv_cache, lambda z, t, p, c, m: net.cached(z, p, c, m, t),
+                            shifted)
+    return jax.jit(lambda r: cached_confidence("low_confidence", cached, s, r, canvas,
+                                               vocab))(jax.random.PRNGKey(9))
+
+  # One layer: a position's keys and values depend on its own token and time only, which do
+  # not change outside the window within a block, so the windowed passes are exact too.
+  plain = sample(1, cache="none")
+  for exact in (sample(1, cache_refresh=1), sample(1)):
+    for field in ("tokens", "revealed_at", "nfe"):
+      np.testing.assert_array_equal(getattr(exact, field), getattr(plain, field))
+  stale = sample(2)  # two layers: the cached keys and values go stale within a block
+  assert (np.asarray(stale.tokens) != vocab).all()
+  np.testing.assert_array_equal(np.asarray(stale.tokens)[np.asarray(canvas.given)],
+                                np.asarray(tokens)[np.asarray(canvas.given)])
+  if not threshold:
+    np.testing.assert_array_equal(stale.nfe, plain.nfe)  # one pass per step either way
+
+
+def test_a_window_against_a_fresh_cache_is_the_full_pass():
+  vocab, length = 11, 20
+  net = _random_masked_net(vocab, length, shift_logits=True)
+  z = jax.random.randint(jax.random.PRNGKey(0), (3, length), 0, vocab)
+  t = jax.random.uniform(jax.random.PRNGKey(1), (3, length))
+  everything = jnp.ones((3, 1, length, length), bool)
+  positions = jnp.broadcast_to(jnp.arange(length), (3, length))
+  windowed = jax.jit(lambda *args: net.cached(*args))
+  full, filled = windowed(z, positions, net.kv_cache(3, length), everything, t)
+  np.testing.assert_allclose(full, jax.jit(lambda z, t: net(z, t))(z, t), atol=1e-5)
+  part, _ = windowed(z[:, 7:12], positions[:, 7:12], filled, everything[:, :, :5], t[:, 7:12])
+  np.testing.assert_allclose(part[:, 1:], full[:, 8:12], atol=1e-5)  # shifted: from 7

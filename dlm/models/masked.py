@@ -65,6 +65,11 @@ class MaskedDiffusion(nnx.Module):
     t_in = t if self.net.cfg.conditioned else None
     return self.net(z, t_in, segment_ids, positions, rng=rng)
 
+  def denoise_cached(self, z, t, positions, cache, mask):
+    """`denoise` on a window of tokens z (batch, s) at canvas `positions` against a key/value
+    cache of the canvas (`Transformer.cached`): (raw logits, the updated cache)."""
+    return self.net.cached(z, positions, cache, mask, t if self.net.cfg.conditioned else None)
+
   def log_probs(self, z, t, segment_ids=None, positions=None):
     """log p(x_0 | z_t) over the vocabulary (never [MASK]; unmasked tokens carried over)."""
     return self.process.log_probs(self.denoise(z, t, segment_ids, positions), z)

@@ -182,7 +182,9 @@ class Attention(_Adapted):
     self._dense(cfg, rngs, "wo", out_std, (h, k), ("heads", "kv"), (d,), ("embed",),
                 cfg.attn_out_bias)
 
-  def __call__(self, x, mask, positions):
+  def _qkv(self, x, positions):
+    """Queries (batch, length, heads, k), keys and values (batch, length, kv_heads, k), the
+    rotary positions applied."""
     cfg, dt = self.cfg, jnp.dtype(self.cfg.dtype)
     names = ("batch", "length", "heads", "kv")
     if cfg.kv_groups == cfg.heads:
@@ -196,9 +198,29 @@ class Attention(_Adapted):
     if cfg.positions == "rotary":
       q = rotary(q, positions, cfg.rope_theta, cfg.rope_layout)
       k = rotary(k, positions, cfg.rope_theta, cfg.rope_layout)
-    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+    return q, k, v
+
+  def _attend(self, q, k, v, mask):
+    impl = None if self.cfg.attention_impl == "auto" else self.cfg.attention_impl
     o = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
-    return self._bias("wo", jnp.einsum("blhk,hkd->bld", o, self._weight("wo", dt)))
+    return self._bias("wo", jnp.einsum("blhk,hkd->bld", o,
+                                       self._weight("wo", jnp.dtype(self.cfg.dtype))))
+
+  def __call__(self, x, mask, positions):
+    return self._attend(*self._qkv(x, positions), mask)
+
+  def cached(self, x, positions, cache, mask):
+    """Attention of a window of positions against a key/value cache of the whole canvas: x
+    (batch, s, width) at canvas `positions` (batch, s), whose keys and values replace the
+    cache's = (keys, values), each (batch, length, kv_heads, k), at those positions (positions
+    past the canvas are dropped); `mask` (batch, 1, s, length) says which canvas keys each
+    query sees. Returns (output, the updated cache)."""
+    q, k, v = self._qkv(x, positions)
+    rows = jnp.arange(x.shape[0])[:, None]
+    names = ("batch", "length", "heads", "kv")  # sharded as the activations' keys and values
+    keys, values = (constrain(c.at[rows, positions].set(a.astype(c.dtype), mode="drop"), names,
+                              self.cfg.rules) for c, a in zip(cache, (k, v)))
+    return self._attend(q, keys, values, mask), (keys, values)
 
 
 class SwiGLU(_Adapted):
@@ -253,22 +275,32 @@ class Block(nnx.Module):
                                      (None, "embed"), cfg.dtypes[0])
 
   def __call__(self, x, c, mask, positions, rng):
+    rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
+    return self._residual(x, c, lambda h: (self.attn(h, mask, positions), None), rngs)[0]
+
+  def cached(self, x, c, positions, cache, mask):
+    """The block on a window of positions with the attention's key/value cache
+    (`Attention.cached`, no dropout): (output, the updated cache)."""
+    return self._residual(x, c, lambda h: self.attn.cached(h, positions, cache, mask))
+
+  def _residual(self, x, c, attend, rngs=(None, None)):
+    """Both residual branches; `attend(h) -> (attention output, extra)`; returns (x, extra)."""
     cfg = self.cfg
     if cfg.conditioned:
       shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = _modulation(
           c, self.modulation, getattr(self, "modulation_bias", None), cfg.dtype)
-    rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
     h = self.norm_attn(x)
     if cfg.conditioned:
       h = h * (1 + scale_a) + shift_a
-    h = dropout(self.attn(h, mask, positions), cfg.dropout, rngs[0])
+    h, extra = attend(h)
+    h = dropout(h, cfg.dropout, rngs[0])
     x = x + (gate_a * h if cfg.conditioned else h)
     h = self.norm_mlp(x)
     if cfg.conditioned:
       h = h * (1 + scale_m) + shift_m
     h = dropout(self.mlp(h), cfg.dropout, rngs[1])
     x = x + (gate_m * h if cfg.conditioned else h)
-    return constrain(x, ("batch", "length", "embed"), cfg.rules)
+    return constrain(x, ("batch", "length", "embed"), cfg.rules), extra
 
 
 def _modulation(c, weight, bias, dtype) -> tuple[jax.Array, ...]:
@@ -420,18 +452,63 @@ class Transformer(nnx.Module):
     policy = REMAT_POLICIES[cfg.remat]
     if cfg.remat != "none":
       run_block = nnx.remat(run_block, policy=policy, prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-      @nnx.scan(in_axes=(0, nnx.Carry, None, None, None, 0 if layer_rngs is not None else None),
-                out_axes=nnx.Carry)
-      def scan_blocks(block, x, c, mask, positions, rng):
-        return run_block(block, x, c, mask, positions, rng)
-
-      x = scan_blocks(self.blocks, x, c, mask, positions, layer_rngs)
-    else:
-      for i, block in enumerate(self.blocks):
-        x = run_block(block, x, c, mask, positions,
-                      None if layer_rngs is None else layer_rngs[i])
+    x, _ = self._layers(lambda block, x, rng: (run_block(block, x, c, mask, positions, rng),
+                                               None), x, layer_rngs)
     return self.norm_out(x), c
+
+  def _layers(self, fn, x, per_layer):
+    """x through the layers in order: `fn(block, x, per_layer[i]) -> (x, out_i)`; returns (x,
+    the outs stacked over layers). `per_layer`: arrays (or None) with a leading layer axis.
+    With `scan_layers` a jax.lax.scan over the stacked layers' state, not nnx.scan: samplers
+    run the network inside their own loops, where nnx's transforms refuse a module captured
+    from the enclosing trace."""
+    if self.cfg.scan_layers:
+      graphdef, stacked = nnx.split(self.blocks)
+      return jax.lax.scan(lambda x, xs: fn(nnx.merge(graphdef, xs[0]), x, xs[1]), x,
+                          (stacked, per_layer))
+    outs = []
+    for i, block in enumerate(self.blocks):
+      x, out = fn(block, x, jax.tree.map(lambda a, i=i: a[i], per_layer))
+      outs.append(out)
+    return x, jax.tree.map(lambda *a: jnp.stack(a), *outs)
+
+  def kv_cache(self, batch: int, length: int):
+    """An empty key/value cache for `decode`: (keys, values), each (depth, batch, length,
+    kv_heads, head_dim) in the compute dtype."""
+    cfg = self.cfg
+    shape = (cfg.depth, batch, length, cfg.kv_groups, cfg.head_dim)
+    return jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype)
+
+  def cached(self, tokens, positions, cache, mask, t=None):
+    """Logits (batch, s, out_features) of a window of s tokens at canvas `positions` (batch,
+    s) against a key/value `cache` of the canvas (`kv_cache`): the window's keys and values
+    replace the cache's at its positions, and each query sees the canvas keys `mask` (batch,
+    1, s, length) allows. With every position in the window it is `__call__` that also fills
+    the cache; with fewer, the other positions' keys and values are the cache's (stale where
+    their tokens changed since: Fast-dLLM's approximate cache). `t` (batch, s): the window's
+    time, for a time-conditioned backbone. Returns (logits, the updated cache)."""
+    cfg = self.cfg
+    if not cfg.token_inputs or cfg.dropout:
+      raise ValueError("cached decoding needs token inputs and no dropout")
+    dt = jnp.dtype(cfg.dtype)
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    if cfg.positions == "learned":
+      x = x + jnp.take(self.pos_embed[...], positions, axis=0, mode="clip").astype(dt)
+    c = self.time_embedding(t) if cfg.conditioned else None
+    x, cache = self._layers(lambda block, x, kv: block.cached(x, c, positions, kv, mask), x,
+                            cache)
+    return self.head(self.modulate(self.norm_out(x), c)), cache
+
+  def decode(self, tokens, positions, cache):
+    """Causal decoding of a slice of tokens at `positions` (batch, s) with the key/value
+    `cache` (`cached` with each position seeing the canvas positions up to its own): feeding
+    a sequence slice by slice gives `__call__`'s causal logits (one document per row) at a
+    slice's cost. Returns (logits, the updated cache)."""
+    if self.cfg.attention != "causal":
+      raise ValueError("decode needs a causal backbone")
+    length = cache[0].shape[2]
+    mask = jnp.arange(length)[None, None, None, :] <= positions[:, None, :, None]
+    return self.cached(tokens, positions, cache, mask)
 
   def head(self, h):
     """The output head on hidden states (batch, length, width) -> float32 logits."""

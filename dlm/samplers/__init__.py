@@ -25,6 +25,7 @@ with the batch sharded over the mesh's data axes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -35,7 +36,7 @@ from dlm.errors import DlmError
 from dlm.samplers import (ancestral, any_order, autoregressive, ccdd, confidence,  # noqa: F401
                           continuous, cosmos, joint_head, neodiff)
 from dlm.samplers.core import (OPTIONS, Canvas, SamplerConfig, Samples,  # noqa: F401
-                               blank_canvas, block_plan, names, registered)
+                               blank_canvas, block_plan, generation_length, names, registered)
 
 
 def default_sampler(family: str) -> str:
@@ -71,7 +72,33 @@ def check(sampling: SamplerConfig, length: int, family: str = "masked", model=No
     raise DlmError("float64 sampling needs jax_enable_x64 (sample.py --float64 sets it)")
   if entry.check is not None:
     entry.check(model, sampling, canvas)
-  block_plan(length, sampling)
+  if (sampling.threshold or sampling.factor) and (
+      sampling.name not in confidence.ORDERS or sampling.reveal != "even"):
+    raise DlmError(f"threshold and factor choose how many tokens the confidence orders "
+                   f"({', '.join(confidence.ORDERS)}) reveal; not with sampler "
+                   f"{sampling.name!r} or reveal={sampling.reveal!r}")
+  if sampling.cache != "none":
+    if sampling.name not in confidence.ORDERS or sampling.reveal != "even":
+      raise DlmError(f"cache={sampling.cache!r} reuses keys and values across the steps of "
+                     f"semi-autoregressive blocks: the confidence orders "
+                     f"({', '.join(confidence.ORDERS)}) have them, not sampler "
+                     f"{sampling.name!r} or reveal={sampling.reveal!r}")
+    if sampling.cfg_scale:
+      raise DlmError(f"cache={sampling.cache!r} with cfg_scale is not supported")
+    net_cfg = getattr(getattr(model, "net", None), "cfg", None)
+    if net_cfg is not None and net_cfg.attention != "bidirectional":
+      raise DlmError(f"cache={sampling.cache!r} needs a bidirectional backbone, not "
+                     f"attention={net_cfg.attention!r}")
+  if sampling.blocks_from == "prompt" and (canvas is not None or sampling.generation_length):
+    generated = sampling.generation_length or generation_length(canvas.given)
+    if sampling.block_length and generated % sampling.block_length:
+      raise DlmError(f"block_length={sampling.block_length} does not divide the generation "
+                     f"length {generated} (the positions after the prompt; blocks start at "
+                     "its end): ask for a multiple with new_tokens, or count blocks from "
+                     "position 0 with blocks_from=canvas")
+    block_plan(generated, sampling, "generation length")
+  else:
+    block_plan(length, sampling)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "sampling"))
@@ -90,10 +117,20 @@ def _times(sampling: SamplerConfig, times):
   return times
 
 
+def with_generation_length(sampling: SamplerConfig, canvas: Canvas) -> SamplerConfig:
+  """`sampling` with the canvas's generation length set, where blocks start at the prompt
+  (a static setting: canvases whose longest generation differs compile apart)."""
+  if sampling.blocks_from != "prompt" or not sampling.block_length or (
+      sampling.generation_length):
+    return sampling
+  return dataclasses.replace(sampling, generation_length=generation_length(canvas.given))
+
+
 def generate(model, sampling: SamplerConfig, rng, canvas: Canvas, times=None) -> Samples:
   """Samples from a model of any family (jit-compiled per model graph and settings); under
   `jax.set_mesh`, shard `canvas` over the batch axes to spread the batch over devices.
   `times`: an optional extrinsic time grid of `steps + 1` points (continuous families)."""
+  sampling = with_generation_length(sampling, canvas)
   check(sampling, canvas.tokens.shape[1], model.family, model, canvas)
   graphdef, params = nnx.split(model)
   return _generate(graphdef, nnx.to_pure_dict(params), sampling, rng, canvas,
@@ -103,6 +140,7 @@ def generate(model, sampling: SamplerConfig, rng, canvas: Canvas, times=None) ->
 def compiled(model, sampling: SamplerConfig, rng, canvas: Canvas, times=None):
   """`generate` compiled ahead of time for these shapes: returns `fn(rng) -> Samples`, so
   benchmarks time sampling without a warm-up run."""
+  sampling = with_generation_length(sampling, canvas)
   check(sampling, canvas.tokens.shape[1], model.family, model, canvas)
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)

@@ -6,8 +6,10 @@ z_t; revealed tokens never change. Whether a token is revealed at a step does no
 the model, so each token's reveal step can be drawn up front: a token still masked at t = 1 is
 still masked after the step ending at s with probability (1 - alpha(s)) / (1 - alpha(1)).
 
-`ancestral` calls the denoiser at every step (NFE = steps, less the steps of a prompt's
-leading blocks, `first_step`). `ancestral_cache` calls it only at
+Blocks (`block_length`) start at each row's prompt end or at the canvas start
+(`core.block_layout`). `ancestral` calls the denoiser at every step (NFE = steps; with blocks
+from the canvas start, less the steps of a prompt's leading blocks). `ancestral_cache` calls it
+only at
 the steps where a sequence reveals something: between two such steps z does not change, so the
 denoiser's output is the one it would have given (MDLM's `ddpm_cache`, made per sequence and
 exact: each sequence jumps to its own next reveal step, at that step's time). Both draw the
@@ -23,8 +25,8 @@ from dlm.processes.categorical import zero_masking
 from dlm.processes.schedules import MaskingSchedule
 from dlm.processes.time import grid_time
 from dlm.samplers import filtering
-from dlm.samplers.core import (Canvas, Denoiser, SamplerConfig, Samples, block_plan,
-                               block_times, first_step, guided, register)
+from dlm.samplers.core import (Canvas, Denoiser, SamplerConfig, Samples, block_layout,
+                               block_times, guided, register)
 
 
 def reveal_steps(schedule: MaskingSchedule, u: jax.Array, n: int, grid: str) -> jax.Array:
@@ -38,14 +40,13 @@ def reveal_steps(schedule: MaskingSchedule, u: jax.Array, n: int, grid: str) -> 
 
 def _setup(schedule, sampling, rng, canvas):
   batch, length = canvas.tokens.shape
-  blocks, block_len, per_block = block_plan(length, sampling)
-  block_of = jnp.arange(length) // block_len
+  block_of, blocks, _, per_block, start = block_layout(canvas.given, sampling)
   k_reveal, k_draw = jax.random.split(rng)
   u_reveal = jax.random.uniform(k_reveal, (batch, length))
   u_draw = jax.random.uniform(k_draw, (batch, length),
                               jnp.float64 if sampling.float64 else jnp.float32)
   step = block_of * per_block + reveal_steps(schedule, u_reveal, per_block, sampling.grid)
-  return blocks, block_len, per_block, block_of, u_draw, step
+  return blocks, start, per_block, block_of, u_draw, step
 
 
 def _draw(logits, u_draw, sampling, mask_id):
@@ -56,7 +57,7 @@ def _draw(logits, u_draw, sampling, mask_id):
 
 def ancestral(denoise: Denoiser, schedule: MaskingSchedule, sampling: SamplerConfig, rng,
               canvas: Canvas, mask_id: int) -> Samples:
-  blocks, block_len, per_block, block_of, u_draw, step = _setup(schedule, sampling, rng, canvas)
+  blocks, start, per_block, block_of, u_draw, step = _setup(schedule, sampling, rng, canvas)
   denoise, passes = guided(denoise, canvas.given, mask_id, sampling.cfg_scale)
   generate = ~canvas.given
 
@@ -71,8 +72,7 @@ def ancestral(denoise: Denoiser, schedule: MaskingSchedule, sampling: SamplerCon
   batch = canvas.tokens.shape[0]
   init = (canvas.tokens, jnp.zeros((batch,), jnp.int32),
           jnp.full(canvas.tokens.shape, -1, jnp.int32))
-  z, nfe, revealed_at = jax.lax.fori_loop(first_step(canvas.given, block_len, per_block),
-                                          jnp.int32(blocks * per_block), body, init)
+  z, nfe, revealed_at = jax.lax.fori_loop(start, jnp.int32(blocks * per_block), body, init)
   return Samples(z, nfe, revealed_at)
 
 
@@ -95,7 +95,7 @@ def ancestral_cache(denoise: Denoiser, schedule: MaskingSchedule, sampling: Samp
     j = next_step(z)[:, None]  # each sequence at its own next reveal step
     active = j[:, 0] < total
     t = grid_time(j % per_block, per_block, sampling.grid)
-    logits = denoise(z, block_times(t, block_of[None, :], j // per_block, canvas.given))
+    logits = denoise(z, block_times(t, block_of, j // per_block, canvas.given))
     x = _draw(logits, u_draw, sampling, mask_id)
     reveal = generate & (step == j) & (z == mask_id)
     return (jnp.where(reveal, x, z), nfe + passes * active, jnp.where(reveal, j, revealed_at))

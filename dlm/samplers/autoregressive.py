@@ -2,12 +2,15 @@
 
 Given positions (a prompt, a pair's source) are teacher-forced; every other position is drawn
 from p(x_i | x_<i) with temperature, top-k and top-p (`filtering`), greedy at temperature 0.
-Each step recomputes the causal network on the whole canvas (no KV cache: the baseline is a
-judge and a reference, not a serving path); steps at given positions are skipped, so NFE is
-the number of generated positions. A row stops at the first of `sampling.stop_ids` (eos, pads) it
-draws: its later free positions repeat that token and cost no pass; the loop ends when every
-row has stopped. Position 0 has nothing to condition on, so an unprompted
-canvas starts with `start_token` (eos: in packed training rows a document follows an eos).
+`autoregressive` (the default) keeps each layer's keys and values (`Transformer.decode`): a
+step runs the network on one position, the one before the token it draws. `autoregressive_full`
+recomputes the causal network on the whole canvas at every step instead (the reference the
+cache is tested against: the same tokens for the same key), skipping steps at given
+positions. NFE is the number of generated positions in both. A row stops at the first of
+`sampling.stop_ids` (eos, pads) it draws: its later free positions repeat that token; the
+loop ends when every row has stopped. Position 0 has nothing to condition on, so an
+unprompted canvas starts with `start_token` (eos: in packed training rows a document follows
+an eos).
 """
 
 from __future__ import annotations
@@ -19,9 +22,45 @@ from dlm.samplers import filtering
 from dlm.samplers.core import Canvas, SamplerConfig, Samples, register
 
 
+def _draw(logits, sampling: SamplerConfig, rng, i):
+  logits = filtering.process(logits, sampling.temperature, sampling.top_k, sampling.top_p)
+  return filtering.gumbel_argmax(logits, jax.random.fold_in(rng, i), sampling.temperature,
+                                 float64=sampling.float64)
+
+
 @register("autoregressive", "autoregressive")
 def autoregressive_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
                            times=None) -> Samples:
+  """Decoding with a key/value cache: step i feeds token i - 1 (drawn or given) at its
+  position and draws token i from the logits."""
+  del times
+  batch, length = canvas.tokens.shape
+  given = canvas.given
+  stops = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
+  net = model.net
+
+  def body(state):
+    i, z, nfe, stop_at, cache = state
+    todo = ~given[:, i] & (stop_at == length)
+    logits, cache = net.decode(z[:, i - 1][:, None], jnp.full((batch, 1), i - 1), cache)
+    x = _draw(logits[:, 0], sampling, rng, i)
+    stop_at = jnp.where(todo & jnp.isin(x, stops), i, stop_at)
+    return i + 1, z.at[:, i].set(jnp.where(todo, x, z[:, i])), nfe + todo, stop_at, cache
+
+  def more(state):
+    i, _, _, stop_at, _ = state
+    return (i < length) & jnp.any(stop_at == length)
+
+  start = (1, canvas.tokens, jnp.zeros((batch,), jnp.int32), jnp.full((batch,), length),
+           net.kv_cache(batch, length))
+  _, z, nfe, stop_at, _ = jax.lax.while_loop(more, body, start)
+  return _finish(z, nfe, stop_at, given, length)
+
+
+@register("autoregressive", "autoregressive_full")
+def autoregressive_full_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
+                                times=None) -> Samples:
+  """Decoding that recomputes the whole canvas at each step (no cache)."""
   del times
   batch, length = canvas.tokens.shape
   given = canvas.given
@@ -30,14 +69,8 @@ def autoregressive_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
   def body(state):
     i, z, nfe, stop_at = state
     todo = ~given[:, i] & (stop_at == length)
-
-    def draw(z):
-      logits = model.denoise(z)[:, i - 1]
-      logits = filtering.process(logits, sampling.temperature, sampling.top_k, sampling.top_p)
-      return filtering.gumbel_argmax(logits, jax.random.fold_in(rng, i), sampling.temperature,
-                                     float64=sampling.float64)
-
-    x = jax.lax.cond(jnp.any(todo), draw, lambda z: z[:, i], z)
+    x = jax.lax.cond(jnp.any(todo), lambda z: _draw(model.denoise(z)[:, i - 1], sampling, rng, i),
+                     lambda z: z[:, i], z)
     stop_at = jnp.where(todo & jnp.isin(x, stops), i, stop_at)
     return i + 1, z.at[:, i].set(jnp.where(todo, x, z[:, i])), nfe + todo, stop_at
 
@@ -48,6 +81,10 @@ def autoregressive_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
   # Position 0 has no context: it is always taken from the canvas (`start_token`).
   start = (1, canvas.tokens, jnp.zeros((batch,), jnp.int32), jnp.full((batch,), length))
   _, z, nfe, stop_at = jax.lax.while_loop(more, body, start)
+  return _finish(z, nfe, stop_at, given, length)
+
+
+def _finish(z, nfe, stop_at, given, length) -> Samples:
   # After a row's stop token its free positions repeat it (its text ends there).
   idx = jnp.arange(length)[None, :]
   end = jnp.take_along_axis(z, jnp.minimum(stop_at, length - 1)[:, None], axis=1)

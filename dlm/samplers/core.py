@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlm.errors import DlmError
 from dlm.processes.time import GRIDS
@@ -27,6 +28,8 @@ from dlm.processes.time import GRIDS
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 READOUTS = ("mean", "x0")
 REVEALS = ("even", "dream")
+BLOCK_STARTS = ("prompt", "canvas")
+CACHES = ("none", "prefix", "dual")
 
 
 def _option(default, help_text: str):
@@ -62,6 +65,26 @@ class SamplerConfig:
                                 "get_num_transfer_tokens: each block's masked tokens split "
                                 "evenly over its steps) or 'dream' (Dream's int(m (1 - s/t)) "
                                 "of the m still masked on linspace(1, 1e-3, steps + 1)).")
+  blocks_from: str = _option("prompt", "Where --block_length blocks start: 'prompt' (each row's "
+                                       "first position to generate, as LLaDA's generate) or "
+                                       "'canvas' (position 0).")
+  threshold: float = _option(0.0, "Confidence orders: reveal every masked token of the block "
+                                  "whose confidence exceeds this, at least the most confident "
+                                  "one per step, until the block is done (Fast-dLLM's parallel "
+                                  "decoding; --steps is then unused); 0: off.")
+  factor: float = _option(0.0, "Confidence orders: Fast-dLLM's factor rule, revealing the most "
+                               "confident n while the n-th confidence c_n > 1 - factor / "
+                               "(n + 1), at least one per step; 0: off.")
+  cache: str = _option("none", "Confidence orders in blocks: reuse the keys and values of the "
+                               "positions outside the window each step computes, refreshed at "
+                               "each block's first step (Fast-dLLM): 'prefix' computes the block "
+                               "and everything after it, 'dual' only the block; 'none'.")
+  cache_refresh: int = _option(0, "With --cache: also refresh the cache every this many steps "
+                                  "of a block (1: every step, so nothing is stale; 0: at block "
+                                  "starts only).")
+  # Set by `samplers.generate` (blocks_from='prompt'): the most positions a row of the canvas
+  # generates after its prompt; 0 = the canvas length.
+  generation_length: int = 0
 
   def __post_init__(self):
     """Each message starts with the option's name (the command line adds its dashes)."""
@@ -76,13 +99,33 @@ class SamplerConfig:
       raise DlmError(f"top_p must be in (0, 1], got {self.top_p!r}")
     if not isinstance(self.draft_length, int) or self.draft_length < 1:
       raise DlmError(f"draft_length must be >= 1, got {self.draft_length!r}")
-    for key, allowed in (("grid", GRIDS), ("readout", READOUTS), ("reveal", REVEALS)):
+    if not 0.0 <= self.threshold <= 1.0:
+      raise DlmError(f"threshold must be in (0, 1] (0: off), got {self.threshold!r}")
+    if not self.factor >= 0.0:
+      raise DlmError(f"factor must be positive (0: off), got {self.factor!r}")
+    if self.threshold and self.factor:
+      raise DlmError("threshold and factor are two rules for the same choice: give one")
+    if not isinstance(self.cache_refresh, int) or self.cache_refresh < 0:
+      raise DlmError(f"cache_refresh must be >= 0, got {self.cache_refresh!r}")
+    for key, allowed in (("grid", GRIDS), ("readout", READOUTS), ("reveal", REVEALS),
+                         ("blocks_from", BLOCK_STARTS), ("cache", CACHES)):
       if getattr(self, key) not in allowed:
         raise DlmError(f"{key} must be one of {allowed}, got {getattr(self, key)!r}")
 
 
 # The settings a user chooses (flags of sample.py and dlm.evaluate, keywords of `dlm.sample`).
 OPTIONS = tuple(f.name for f in dataclasses.fields(SamplerConfig) if "help" in f.metadata)
+
+
+class CachedDenoiser(NamedTuple):
+  """A denoiser that keeps keys and values (Fast-dLLM's caches): `empty(batch, length)` is an
+  empty cache; `window(z, t, positions, cache, mask) -> (logits, cache)` denoises the tokens z
+  (batch, s) at canvas `positions` with per-token time t against the cache, whose entries at
+  those positions it replaces; `mask` (batch, 1, s, length) are the canvas keys each sees.
+  `shifted`: its output at i predicts token i + 1 (Dream), realigned within the window."""
+  empty: Callable[[int, int], Any]
+  window: Callable[..., tuple[jax.Array, Any]]
+  shifted: bool = False
 
 
 class Canvas(NamedTuple):
@@ -101,15 +144,57 @@ def blank_canvas(batch: int, length: int, mask_id: int) -> Canvas:
   return Canvas(jnp.full((batch, length), mask_id, jnp.int32), jnp.zeros((batch, length), bool))
 
 
-def block_plan(length: int, sampling: SamplerConfig) -> tuple[int, int, int]:
-  """(number of blocks, block length, steps per block); checks that they divide evenly."""
+def block_plan(length: int, sampling: SamplerConfig,
+               what: str = "sample length") -> tuple[int, int, int]:
+  """(number of blocks, block length, steps per block) for `length` positions in blocks;
+  checks that they divide evenly."""
   block = sampling.block_length or length
   if length % block:
-    raise DlmError(f"block_length={block} does not divide the sample length {length}")
+    raise DlmError(f"block_length={block} does not divide the {what} {length}")
   blocks = length // block
   if sampling.steps <= 0 or sampling.steps % blocks:
     raise DlmError(f"steps={sampling.steps} must be a positive multiple of the {blocks} blocks")
   return blocks, block, sampling.steps // blocks
+
+
+def prompt_ends(given) -> jax.Array:
+  """Each row's first position to generate (batch,): the end of its prompt (the length for a
+  row with nothing to generate)."""
+  todo = ~given
+  return jnp.where(jnp.any(todo, axis=1), jnp.argmax(todo, axis=1), given.shape[1])
+
+
+def generation_length(given) -> int:
+  """The longest span of a canvas row from its prompt end to its last position to generate
+  (given padding or an infilling suffix after it is not generated): what blocks cut."""
+  todo = ~np.asarray(jax.device_get(given), bool)
+  if not todo.any():
+    return 0
+  rows = todo[todo.any(axis=1)]
+  first = rows.argmax(axis=1)
+  last = rows.shape[1] - rows[:, ::-1].argmax(axis=1)
+  return int((last - first).max())
+
+
+def block_layout(given, sampling: SamplerConfig):
+  """(block_of (batch, length), blocks, block length, steps per block, first step).
+
+  `blocks_from='prompt'` (LLaDA's `generate`): row r's block b is the positions
+  [e_r + b B, e_r + (b + 1) B) after its prompt end e_r, and the prompt is block -1; the
+  `generation_length` G (the longest row's) is cut into G / B blocks of `steps / blocks` steps
+  each, so a row with a longer prompt has nothing left in the last ones. `'canvas'`: blocks of
+  B positions from position 0, the leading blocks that hold only prompt skipped."""
+  batch, length = given.shape
+  if sampling.blocks_from == "canvas":
+    blocks, block, per_block = block_plan(length, sampling)
+    block_of = jnp.broadcast_to(jnp.arange(length) // block, (batch, length))
+    return block_of, blocks, block, per_block, first_step(given, block, per_block)
+  generated = sampling.generation_length or length
+  blocks, block, per_block = block_plan(generated, sampling, "generation length")
+  ends = prompt_ends(given)[:, None]
+  position = jnp.arange(length)[None, :]
+  block_of = jnp.where(position >= ends, (position - ends) // block, -1)
+  return block_of, blocks, block, per_block, jnp.int32(0)
 
 
 def guided(denoise: Denoiser, given: jax.Array, mask_id: int, scale: float) -> tuple[Denoiser, int]:
@@ -136,7 +221,8 @@ def first_step(given, block_len: int, per_block: int) -> jax.Array:
 
 
 def block_times(t_current, block_of, current_block, given):
-  """Per-token time: given and finished blocks 0, the current block t, later blocks 1."""
+  """Per-token time: given and finished blocks 0, the current block t, later blocks 1;
+  `block_of` per position (length,) or per row (batch, length)."""
   block_of = jnp.broadcast_to(block_of, given.shape)
   chex.assert_rank(given, 2)
   t = jnp.where(block_of < current_block, 0.0, jnp.where(block_of > current_block, 1.0,

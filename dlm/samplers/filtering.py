@@ -20,7 +20,10 @@ def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
   """Keeps the k largest logits per position (k <= 0: all)."""
   if k <= 0 or k >= logits.shape[-1]:
     return logits
-  kth = jax.lax.top_k(logits, k)[0][..., -1:]
+  # The k-th largest by a full sort, not lax.top_k: in a confidence sampler whose step ran
+  # under a lax.cond inside its loop, XLA:CPU (jax 0.10) returned wrong top-k thresholds
+  # (tokens outside the top 1 drawn at top_k=1); not reduced to a minimal reproduction.
+  kth = jnp.sort(logits, axis=-1)[..., logits.shape[-1] - k:logits.shape[-1] - k + 1]
   return jnp.where(logits < kth, NEG_INF, logits)
 
 

@@ -54,6 +54,19 @@ def prompt_template(tokenizer, prompt, length: int, add_bos: bool):
   return tokens, given
 
 
+def prompt_rows(tokenizer, prompts, new_tokens: int, add_bos: bool) -> list:
+  """(tokens, given) rows of prompts (texts or ids) each followed by `new_tokens` masks, the
+  shorter ones padded after them with given pad tokens to one length."""
+  rows = []
+  for prompt in prompts:
+    encoded = tokenizer.encode(prompt) if isinstance(prompt, str) else np.asarray(prompt)
+    n = len(encoded) + bool(add_bos)
+    rows.append(prompt_template(tokenizer, prompt, n + new_tokens, add_bos))
+  width = max(len(t) for t, _ in rows)
+  return [(np.pad(t, (0, width - len(t)), constant_values=tokenizer.pad_id),
+           np.pad(g, (0, width - len(g)), constant_values=True)) for t, g in rows]
+
+
 def stop_ids(tokenizer) -> set[int]:
   return {tokenizer.eos_id, tokenizer.pad_id, *tokenizer.reserved_pad_ids,
           *tokenizer.stop_ids}
@@ -193,6 +206,9 @@ def fill(model, tokenizer, sampling: SamplerConfig, rows, *, seed: int = 0, batc
   if not rows:
     return []
   length = len(rows[0][0])
+  # Every batch shares the rows' longest generation (one compiled shape, blocks checked once).
+  sampling = samplers.with_generation_length(sampling, Canvas(
+      np.zeros((len(rows), length), np.int32), np.stack([np.asarray(r[1], bool) for r in rows])))
   samplers.check(sampling, length, model.family)
   sampling = dataclasses.replace(sampling, stop_ids=tuple(sorted(stop_ids(tokenizer))))
   if mesh is None:
