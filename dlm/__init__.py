@@ -12,3 +12,4 @@ Importing `dlm` registers the built-in model families (`dlm.models`) and their s
 from dlm import models  # noqa: F401  (registers the built-in families)
 from dlm import samplers  # noqa: F401  (registers their samplers)
 from dlm.api import Loaded, generate, load, sample  # noqa: F401
+from dlm.likelihood import loglikelihood  # noqa: F401

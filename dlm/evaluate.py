@@ -26,7 +26,7 @@ from absl import app, flags
 from flax import nnx
 
 from dlm import api, cli, samplers, textmetrics
-from dlm.data import inputs, pipeline
+from dlm.data import inputs, pipeline, sources
 from dlm.errors import DlmError
 from dlm.models import encoders
 from dlm.samplers import text as sample_text
@@ -189,11 +189,26 @@ def infill_accuracy(model, tokenizer, rows, sampling: samplers.SamplerConfig, sp
           "infill_rows": len(rows), "infill_span": span}
 
 
+def _on(config, dataset: str | None, split: str | None):
+  """A copy of `config` whose evaluation split is `split` of `dataset` (None: unchanged)."""
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.data.dataset = dataset or config.data.dataset
+    config.data.eval_split = split or config.data.eval_split
+  return config
+
+
 def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "ema",
              sampler: samplers.SamplerConfig | None = None, num_samples: int = 0,
              mauve: bool = False, infill_rows: int = 0, infill_span: int = 16,
-             num_pairs: int = 0, times=None, seed: int = 0, eval_batches: int = 0) -> dict:
+             num_pairs: int = 0, times=None, seed: int = 0, eval_batches: int = 0,
+             dataset: str | None = None, split: str | None = None) -> dict:
+  """Scores a workdir (see `define_flags`). `dataset` (a `data.dataset` source: `text:GLOB`,
+  `jsonl:GLOB`, `tfds:NAME`) and `split` (default `data.eval_split`): the bound (AR: the exact
+  NLL) on another corpus with the run's tokenizer and length, zero-shot perplexity."""
   peek = restore.read_config(workdir)  # the mesh must split both the samples and eval batches
+  if dataset:
+    sources.builder(_on(peek, dataset, split).data)  # a bad source is refused before loading
   mesh = sample_text.data_mesh(math.gcd(num_samples or peek.train.batch_size,
                                         peek.train.batch_size))
   run = api.load(workdir, params=which, mesh=mesh)
@@ -211,6 +226,9 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
     retokenize = judge_run.tokenizer.fingerprint != tokenizer.fingerprint
     result["judge"] = {"workdir": judge_workdir, "step": judge_run.step,
                        "retokenized": retokenize}
+  if dataset or split:
+    config = _on(config, dataset, split)
+    result["dataset"] = {"dataset": config.data.dataset, "split": config.data.eval_split}
   result["validation"] = validation_bound(config, tokenizer, model, mesh, eval_batches)
   family = config.model.family
   sampler = sampler or samplers.SamplerConfig()
@@ -262,6 +280,9 @@ def define_flags() -> None:
                       "(e.g. GPT-2 converted by python -m dlm.convert; any tokenizer).")
   flags.DEFINE_integer("eval_batches", 0, "Validation batches for the bound (0: the whole "
                        "split).")
+  flags.DEFINE_string("dataset", None, "Score the bound on this data source instead of the "
+                      "run's own (text:GLOB, jsonl:GLOB, tfds:NAME): zero-shot perplexity.")
+  flags.DEFINE_string("split", None, "The split to score (default: the run's data.eval_split).")
   flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")
   flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
   flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU (0: none).")
@@ -283,7 +304,8 @@ def _evaluate_flags(workdir: str) -> dict:
                   infill_rows=FLAGS.infill_rows, infill_span=FLAGS.infill_span,
                   num_pairs=FLAGS.num_pairs,
                   times=cli.schedule_times(),
-                  seed=FLAGS.seed, eval_batches=FLAGS.eval_batches)
+                  seed=FLAGS.seed, eval_batches=FLAGS.eval_batches, dataset=FLAGS.dataset,
+                  split=FLAGS.split)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ The layers, lowest first (docs/ARCHITECTURE.md draws the same):
   3 processes.*, models.{layers, family, transformer, encoders}  noise processes, the backbone
   4 models.<family>                                              each family's model and record
   5 models (the package: registers the built-in families)
-  6 samplers.*                                                   on the model contract
+  6 samplers.*, likelihood                                       on the model contract
   7 train.*                                                      the loop, checkpoints, restore
   8 evaluate, api, cli, joint_data, neodiff_schedule, convert.*  a trained model's users, flags
-  9 data.__main__, convert.__main__, dlm (the package)           entry points
+  9 data.__main__, convert.__main__, lm_eval, dlm (the package)  entry points
 """
 
 import ast
@@ -31,11 +31,11 @@ LAYERS = [
      "dlm.models.encoders"),
     ("dlm.models.",),
     ("dlm.models",),
-    ("dlm.samplers", "dlm.samplers."),
+    ("dlm.samplers", "dlm.samplers.", "dlm.likelihood"),
     ("dlm.train.",),
     ("dlm.evaluate", "dlm.api", "dlm.cli", "dlm.joint_data", "dlm.neodiff_schedule",
      "dlm.convert", "dlm.convert."),
-    ("dlm.data.__main__", "dlm.convert.__main__", "dlm"),
+    ("dlm.data.__main__", "dlm.convert.__main__", "dlm.lm_eval", "dlm"),
 ]
 
 
