@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 
 import jax
@@ -144,11 +145,14 @@ def generative_perplexity(judge, token_lists, batch_size: int = 32) -> dict:
   return out
 
 
-def mauve_score(p_texts, q_texts, seed: int = 0) -> float:
-  """MAUVE between two sets of texts on mean-pooled MiniLM features."""
+def mauve_score(p_texts, q_texts, seed: int = 0, features: str | None = None) -> float:
+  """MAUVE between two sets of texts on an encoder's mean-pooled features: `features`, a
+  BERT-style encoder directory (config.json, model.safetensors, tokenizer.json), default
+  all-MiniLM-L6-v2. Papers use GPT-2 Large's features: no figure from here compares with
+  theirs."""
   import mauve  # pylint: disable=g-import-not-at-top
 
-  encoder, info = encoders.load_encoder(encoders.default_model_dir())
+  encoder, info = encoders.load_encoder(features or encoders.default_model_dir())
   hf_tok = encoders.load_tokenizer(info.tokenizer_path)
   p = encoders.sentence_embeddings(encoder, hf_tok, list(p_texts))
   q = encoders.sentence_embeddings(encoder, hf_tok, list(q_texts))
@@ -202,10 +206,13 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
              sampler: samplers.SamplerConfig | None = None, num_samples: int = 0,
              mauve: bool = False, infill_rows: int = 0, infill_span: int = 16,
              num_pairs: int = 0, times=None, seed: int = 0, eval_batches: int = 0,
-             dataset: str | None = None, split: str | None = None) -> dict:
+             dataset: str | None = None, split: str | None = None,
+             mauve_features: str | None = None, progress: bool = False) -> dict:
   """Scores a workdir (see `define_flags`). `dataset` (a `data.dataset` source: `text:GLOB`,
   `jsonl:GLOB`, `tfds:NAME`) and `split` (default `data.eval_split`): the bound (AR: the exact
-  NLL) on another corpus with the run's tokenizer and length, zero-shot perplexity."""
+  NLL) on another corpus with the run's tokenizer and length, zero-shot perplexity.
+  `mauve_features`: the encoder MAUVE embeds with (`mauve_score`). `progress`: a progress
+  bar on stderr while sampling."""
   peek = restore.read_config(workdir)  # the mesh must split both the samples and eval batches
   if dataset:
     sources.builder(_on(peek, dataset, split).data)  # a bad source is refused before loading
@@ -246,7 +253,7 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
     start = time.perf_counter()
     out = sample_text.sample(model, tokenizer, sampler, num_samples=num_samples,
                              length=config.data.seq_len, add_bos=config.data.add_bos,
-                             seed=seed, mesh=mesh, times=times)
+                             seed=seed, mesh=mesh, times=times, progress=progress)
     wall = time.perf_counter() - start
     ids = [r["tokens"] for r in out]
     result["samples"] = {
@@ -262,7 +269,9 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
       rows = validation_rows(config, tokenizer, mesh, num_samples)
       refs = [tokenizer.decode(sample_text.cut(r, np.zeros(len(r), bool), tokenizer),
                                skip_special_tokens=True) for r in rows]
-      result["samples"]["mauve"] = mauve_score([r["text"] for r in out], refs, seed)
+      result["samples"]["mauve"] = mauve_score([r["text"] for r in out], refs, seed,
+                                               mauve_features)
+      result["samples"]["mauve_features"] = mauve_features or "all-MiniLM-L6-v2 (default)"
   if infill_rows and family != "autoregressive" and not pairs:
     rows = validation_rows(config, tokenizer, mesh, infill_rows)
     result["infill"] = infill_accuracy(model, tokenizer, rows, sampler, infill_span, seed)
@@ -285,6 +294,10 @@ def define_flags() -> None:
   flags.DEFINE_string("split", None, "The split to score (default: the run's data.eval_split).")
   flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")
   flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
+  flags.DEFINE_string("mauve_features", None, "A BERT-style encoder directory (config.json, "
+                      "model.safetensors, tokenizer.json) whose features MAUVE compares "
+                      "(default: all-MiniLM-L6-v2; papers use GPT-2 Large's, so no MAUVE from "
+                      "here compares with theirs).")
   flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU (0: none).")
   flags.DEFINE_integer("infill_rows", 0, "Validation rows for infilling accuracy (0: skip).")
   flags.DEFINE_integer("infill_span", 16, "Masked span length for infilling accuracy.")
@@ -298,6 +311,10 @@ def _evaluate_flags(workdir: str) -> dict:
       raise DlmError(f"--{name} must be >= 0, got {FLAGS[name].value}")
   if FLAGS.infill_span <= 0:
     raise DlmError("--infill_span must be positive")
+  if FLAGS.mauve_features and not FLAGS.mauve:
+    raise DlmError("--mauve_features chooses MAUVE's encoder: it needs --mauve")
+  if FLAGS.mauve_features and not os.path.isdir(FLAGS.mauve_features):
+    raise DlmError(f"--mauve_features: no encoder directory {FLAGS.mauve_features!r}")
   return evaluate(workdir, judge_workdir=FLAGS.judge_workdir, which=FLAGS.params,
                   sampler=samplers.SamplerConfig(name=FLAGS.sampler or "", **options),
                   num_samples=FLAGS.num_samples, mauve=FLAGS.mauve,
@@ -305,7 +322,7 @@ def _evaluate_flags(workdir: str) -> dict:
                   num_pairs=FLAGS.num_pairs,
                   times=cli.schedule_times(),
                   seed=FLAGS.seed, eval_batches=FLAGS.eval_batches, dataset=FLAGS.dataset,
-                  split=FLAGS.split)
+                  split=FLAGS.split, mauve_features=FLAGS.mauve_features, progress=True)
 
 
 if __name__ == "__main__":

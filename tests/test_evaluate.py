@@ -83,3 +83,24 @@ def test_mauve_separates_distributions(quickstart):
   code = [f"x_{i} = [{i}, {i + 1}] * {i % 7}\nreturn f(x_{i})" for i in range(60)]
   different = evaluate.mauve_score(code, prose[60:120])
   assert same > 0.5 and different < 0.2 and same > different + 0.4
+
+
+def test_mauve_embeds_with_the_encoder_it_is_given(monkeypatch):
+  from dlm.models import encoders
+
+  asked = []
+
+  class Stop(Exception):
+    pass
+
+  def load(path, **kwargs):
+    del kwargs
+    asked.append(str(path))
+    raise Stop  # the encoder asked for is all this test checks
+
+  monkeypatch.setattr(encoders, "load_encoder", load)
+  for features, expected in (("/some/encoder", "/some/encoder"),
+                             (None, str(encoders.default_model_dir()))):
+    with pytest.raises(Stop):
+      evaluate.mauve_score(["a"], ["b"], features=features)
+    assert asked[-1] == expected

@@ -433,6 +433,8 @@ def test_bad_evaluation_and_schedule_flags_are_refused_before_any_work(reference
       (["-m", "dlm.evaluate", missing], "does not exist"),
       (["-m", "dlm.evaluate", "--infill_span=0"], "--infill_span must be positive"),
       (["-m", "dlm.evaluate", "--sampler=nope"], "unknown sampler 'nope'"),
+      (["-m", "dlm.evaluate", "--mauve", f"--mauve_features={tmp_path}/none"],
+       "--mauve_features: no encoder directory"),
       (["-m", "dlm.neodiff_schedule", missing], "does not exist"),
       (["-m", "dlm.neodiff_schedule", f"--output={tmp_path}"], "is a directory"),
       (["-m", "dlm.neodiff_schedule", "--steps=0"], "--steps must be >= 1, got 0"),
