@@ -2,8 +2,9 @@
 
 Given positions (a prompt, a pair's source) are teacher-forced; every other position is drawn
 from p(x_i | x_<i) with temperature, top-k and top-p (`filtering`), greedy at temperature 0.
-`autoregressive` (the default) keeps each layer's keys and values (`Transformer.decode`): a
-step runs the network on one position, the one before the token it draws. `autoregressive_full`
+`autoregressive` (the default) keeps each layer's keys and values (`Transformer.decode`): one
+pass fills them for the shortest prompt, then a step runs the network on one position, the one
+before the token it draws. `autoregressive_full`
 recomputes the causal network on the whole canvas at every step instead (the reference the
 cache is tested against: the same tokens for the same key), skipping steps at given
 positions. NFE is the number of generated positions in both. A row stops at the first of
@@ -19,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from dlm.samplers import filtering
-from dlm.samplers.core import Canvas, SamplerConfig, Samples, register
+from dlm.samplers.core import Canvas, SamplerConfig, Samples, prompt_ends, register
 
 
 def _draw(logits, sampling: SamplerConfig, rng, i):
@@ -32,12 +33,19 @@ def _draw(logits, sampling: SamplerConfig, rng, i):
 def autoregressive_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
                            times=None) -> Samples:
   """Decoding with a key/value cache: step i feeds token i - 1 (drawn or given) at its
-  position and draws token i from the logits."""
+  position and draws token i from the logits. The positions before the first one any row
+  generates (the shortest prompt) are given in every row: one causal pass over the canvas
+  fills their keys and values (the later positions' it writes are overwritten, each by its
+  own step, before any query sees them), and the steps start there."""
   del times
   batch, length = canvas.tokens.shape
   given = canvas.given
   stops = jnp.asarray(sampling.stop_ids or (-1,), jnp.int32)
   net = model.net
+  first = jnp.maximum(jnp.min(prompt_ends(given)), 1)
+  positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+  cache = jax.lax.cond(first > 1, lambda c: net.decode(canvas.tokens, positions, c)[1],
+                       lambda c: c, net.kv_cache(batch, length))
 
   def body(state):
     i, z, nfe, stop_at, cache = state
@@ -51,8 +59,8 @@ def autoregressive_sampler(model, sampling: SamplerConfig, rng, canvas: Canvas,
     i, _, _, stop_at, _ = state
     return (i < length) & jnp.any(stop_at == length)
 
-  start = (1, canvas.tokens, jnp.zeros((batch,), jnp.int32), jnp.full((batch,), length),
-           net.kv_cache(batch, length))
+  start = (first, canvas.tokens, jnp.zeros((batch,), jnp.int32), jnp.full((batch,), length),
+           cache)
   _, z, nfe, stop_at, _ = jax.lax.while_loop(more, body, start)
   return _finish(z, nfe, stop_at, given, length)
 
