@@ -20,6 +20,7 @@ masked family, one pass with the whole continuation masked, every argmax right (
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Sequence
 
@@ -81,8 +82,47 @@ def mc_estimate(terms, length: int, *, samples: int, batch_size: int, rng) -> tu
   return float(np.mean(means)), stderr
 
 
+def _merged(graphdef, params, real):
+  """The model, and its segment ids and positions for a padded canvas (padding: segment 0)."""
+  return (nnx.merge(graphdef, params), real.astype(jnp.int32),
+          jnp.broadcast_to(jnp.arange(real.shape[-1]), real.shape))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _autoregressive(graphdef, params, tokens, real, scored):
+  """Per row: sum of log p(x_i | x_<i) over scored positions, and whether each was argmax."""
+  model, segments, positions = _merged(graphdef, params, real)
+  logits = model.denoise(tokens, segments, positions)[:, :-1]
+  log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_p, tokens[:, 1:, None], axis=-1)[..., 0]
+  hit = jnp.argmax(logits, axis=-1) == tokens[:, 1:]
+  scored = scored[:, 1:]
+  return jnp.sum(jnp.where(scored, picked, 0.0), axis=-1), jnp.all(hit | ~scored, axis=-1)
+
+
+def _masked_denoiser(graphdef, params, real):
+  model, segments, positions = _merged(graphdef, params, real)
+  return lambda z, t: model.denoise(z, t, segments, positions)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mask_id"))
+def _masked(graphdef, params, tokens, real, scored, counts, rng, *, mask_id):
+  return masked_terms(_masked_denoiser(graphdef, params, real), tokens, scored, mask_id,
+                      counts, rng)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "mask_id"))
+def _greedy(graphdef, params, tokens, real, scored, *, mask_id):
+  """Whether one pass with the whole continuation masked gets every token right by argmax."""
+  z = jnp.where(scored, mask_id, tokens)
+  t = jnp.where(scored, 1.0, 0.0).astype(jnp.float32)
+  logits = zero_masking(_masked_denoiser(graphdef, params, real)(z, t), mask_id)
+  return jnp.all((jnp.argmax(logits, axis=-1) == tokens) | ~scored, axis=-1)
+
+
 class Scorer:
-  """Conditional log-likelihoods of one model, compiled once per padded length.
+  """Conditional log-likelihoods of one model (compiled once per model graph and padded
+  length, shared by every Scorer of the same graph).
 
   `score(context_ids, continuation_ids)`: the context is given, the continuation scored; the
   canvas is padded (segment 0, unseen by the real tokens) to a multiple of `pad_multiple`."""
@@ -97,44 +137,9 @@ class Scorer:
     self.model, self.family = model, model.family
     self.samples, self.batch_size, self.seed = samples, batch_size, seed
     self.pad_multiple, self.max_length = pad_multiple, max_length
-    self.graphdef, self.params = nnx.split(model)
-    self.params = nnx.to_pure_dict(self.params)
+    self.graphdef, params = nnx.split(model)
+    self.params = nnx.to_pure_dict(params)
     self._calls = 0
-    self._ar = jax.jit(self._ar_fn)
-    self._masked = jax.jit(self._masked_fn, static_argnames=("mask_id",))
-    self._greedy = jax.jit(self._greedy_fn, static_argnames=("mask_id",))
-
-  def _merge(self, params):
-    return nnx.merge(self.graphdef, params)
-
-  def _segments(self, real):
-    return real.astype(jnp.int32), jnp.broadcast_to(jnp.arange(real.shape[-1]), real.shape)
-
-  def _ar_fn(self, params, tokens, real, scored):
-    """Per row: sum of log p(x_i | x_<i) over scored positions, and whether each was argmax."""
-    model = self._merge(params)
-    segments, positions = self._segments(real)
-    logits = model.denoise(tokens, segments, positions)[:, :-1]
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    picked = jnp.take_along_axis(log_p, tokens[:, 1:, None], axis=-1)[..., 0]
-    hit = jnp.argmax(logits, axis=-1) == tokens[:, 1:]
-    scored = scored[:, 1:]
-    return (jnp.sum(jnp.where(scored, picked, 0.0), axis=-1),
-            jnp.all(hit | ~scored, axis=-1))
-
-  def _denoiser(self, params, real):
-    model = self._merge(params)
-    segments, positions = self._segments(real)
-    return lambda z, t: model.denoise(z, t, segments, positions)
-
-  def _masked_fn(self, params, tokens, real, scored, counts, rng, *, mask_id):
-    return masked_terms(self._denoiser(params, real), tokens, scored, mask_id, counts, rng)
-
-  def _greedy_fn(self, params, tokens, real, scored, *, mask_id):
-    z = jnp.where(scored, mask_id, tokens)
-    t = jnp.where(scored, 1.0, 0.0).astype(jnp.float32)
-    logits = zero_masking(self._denoiser(params, real)(z, t), mask_id)
-    return jnp.all((jnp.argmax(logits, axis=-1) == tokens) | ~scored, axis=-1)
 
   def _canvas(self, context: Sequence[int], continuation: Sequence[int]):
     ids = list(context) + list(continuation)
@@ -156,7 +161,7 @@ class Scorer:
                      "context token (lm-eval passes its end-of-text token)")
     tokens, real, scored = self._canvas(context, continuation)
     if self.family == "autoregressive":
-      value, greedy = self._ar(self.params, tokens, real, scored)
+      value, greedy = _autoregressive(self.graphdef, self.params, tokens, real, scored)
       return Likelihood(float(value[0]), bool(greedy[0]), 0.0)
     mask_id = self.model.process.mask_id
     rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), self._calls)
@@ -164,9 +169,10 @@ class Scorer:
     batch = (jnp.repeat(tokens, self.batch_size, 0), jnp.repeat(real, self.batch_size, 0),
              jnp.repeat(scored, self.batch_size, 0))
     value, stderr = mc_estimate(
-        lambda counts, key: self._masked(self.params, *batch, counts, key, mask_id=mask_id),
+        lambda counts, key: _masked(self.graphdef, self.params, *batch, counts, key,
+                                    mask_id=mask_id),
         len(continuation), samples=self.samples, batch_size=self.batch_size, rng=rng)
-    greedy = self._greedy(self.params, tokens, real, scored, mask_id=mask_id)
+    greedy = _greedy(self.graphdef, self.params, tokens, real, scored, mask_id=mask_id)
     return Likelihood(value, bool(greedy[0]), stderr)
 
 
@@ -174,8 +180,8 @@ def loglikelihood(run, context: str | Sequence[int], continuation: str | Sequenc
                   **options) -> Likelihood:
   """log p(continuation | context) of a loaded run (`dlm.load`): texts are tokenized by the
   run's tokenizer (the context after its bos where the model was trained with one), ids are
-  used as they are. `options`: `Scorer`'s (samples, batch_size, seed). For many requests make
-  one `Scorer` and call `score` (it compiles once per padded length)."""
+  used as they are. `options`: `Scorer`'s (samples, batch_size, seed); calls on the same
+  model compile once per padded length."""
   tok = run.tokenizer
 
   def ids(x):

@@ -131,7 +131,7 @@ class DlmLM(LM):
         raise DlmError(f"unsupported generation argument(s) {sorted(gen_kwargs)} from the task")
       record = api.sample(self.run, [context], sampler=self.sampler, new_tokens=new_tokens,
                           seed=self.seed + i, **options)[0]
-      text = record["generated"] if "generated" in record else record["text"][len(context):]
+      text = record["generated"]
       for stop in until:
         if stop and stop in text:
           text = text[:text.index(stop)]

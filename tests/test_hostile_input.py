@@ -390,6 +390,11 @@ def test_bad_sampling_input_and_literal_special_tokens(reference, tmp_path):
       (["--steps=0"], "--steps must be positive, got 0"),
       (["--top_p=0"], "--top_p must be in (0, 1], got 0.0"),
       (["--grid=linear"], "--grid must be one of ('uniform', 'cosine'), got 'linear'"),
+      (["--new_tokens=-1"], "--new_tokens must be >= 0, got -1"),
+      (["--blocks_from=middle"], "--blocks_from must be one of ('prompt', 'canvas')"),
+      (["--cache_refresh=-1"], "--cache_refresh must be >= 0, got -1"),
+      (["--sampler=low_confidence", "--threshold=0.9", "--factor=1"],
+       "threshold and factor are two rules for the same choice"),
   ]
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     procs = list(pool.map(lambda case: _run(base + case[0]), cases))
@@ -435,6 +440,7 @@ def test_bad_evaluation_and_schedule_flags_are_refused_before_any_work(reference
       (["-m", "dlm.evaluate", "--sampler=nope"], "unknown sampler 'nope'"),
       (["-m", "dlm.evaluate", "--mauve", f"--mauve_features={tmp_path}/none"],
        "--mauve_features: no encoder directory"),
+      (["-m", "dlm.evaluate", f"--mauve_features={tmp_path}"], "it needs --mauve"),
       (["-m", "dlm.neodiff_schedule", missing], "does not exist"),
       (["-m", "dlm.neodiff_schedule", f"--output={tmp_path}"], "is a directory"),
       (["-m", "dlm.neodiff_schedule", "--steps=0"], "--steps must be >= 1, got 0"),

@@ -111,6 +111,7 @@ def test_bad_model_arguments_are_one_error_line(workdirs, tmp_path):
       (*lm_eval, f"workdir={workdirs['masked']},nope=1"):
           "unknown dlm-jax model argument(s) ['nope']",
       (*lm_eval, f"workdir={tmp_path}"): "no checkpoint in",
+      (*lm_eval, f"workdir={workdirs['masked']},new_tokens=0"): "new_tokens must be positive",
       (sys.executable, "-m", "dlm.evaluate", f"--workdir={workdirs['masked']}",
        "--params=params", "--dataset=nope:x"): "unknown dataset source 'nope'",
   }

@@ -34,7 +34,7 @@ from flax import nnx
 
 from dlm.errors import DlmError
 from dlm.samplers import (ancestral, any_order, autoregressive, ccdd, confidence,  # noqa: F401
-                          continuous, cosmos, joint_head, neodiff)
+                          continuous, core, cosmos, joint_head, neodiff)
 from dlm.samplers.core import (OPTIONS, Canvas, SamplerConfig, Samples,  # noqa: F401
                                blank_canvas, block_plan, generation_length, names, registered)
 
@@ -90,13 +90,8 @@ def check(sampling: SamplerConfig, length: int, family: str = "masked", model=No
       raise DlmError(f"cache={sampling.cache!r} needs a bidirectional backbone, not "
                      f"attention={net_cfg.attention!r}")
   if sampling.blocks_from == "prompt" and (canvas is not None or sampling.generation_length):
-    generated = sampling.generation_length or generation_length(canvas.given)
-    if sampling.block_length and generated % sampling.block_length:
-      raise DlmError(f"block_length={sampling.block_length} does not divide the generation "
-                     f"length {generated} (the positions after the prompt; blocks start at "
-                     "its end): ask for a multiple with new_tokens, or count blocks from "
-                     "position 0 with blocks_from=canvas")
-    block_plan(generated, sampling, "generation length")
+    block_plan(sampling.generation_length or generation_length(canvas.given), sampling,
+               *core.GENERATION)
   else:
     block_plan(length, sampling)
 

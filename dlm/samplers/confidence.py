@@ -139,10 +139,11 @@ class _Blocks:
     t = grid_time(jnp.minimum(i, self.per_block - 1), self.per_block)
     return block_times(t, self.block_of, b, self.given)
 
-  def reveal(self, logits, z, revealed_at, b, i, j):
-    """Step j (block b, its step i) from the block's logits (batch, block_len, vocab): the
-    proposals drawn at its positions, the chosen ones written into z and `revealed_at`."""
-    sampling, candidate = self.sampling, self.candidates(z, b)
+  def reveal(self, logits, z, revealed_at, b, i, j, candidate):
+    """Step j (block b, its step i) from the block's logits (batch, block_len, vocab) and
+    `candidates`: the proposals drawn at its positions, the chosen ones written into z and
+    `revealed_at`."""
+    sampling = self.sampling
     x0, conf = _proposal(self.order, zero_masking(logits, self.mask_id), sampling,
                          jax.random.fold_in(self.rng, j))
     conf = jnp.where(candidate, conf, -jnp.inf)
@@ -190,11 +191,12 @@ def confidence(order: str, denoise: Denoiser, sampling: SamplerConfig, rng, canv
     """One pass at global step j, block b, its step i; nothing when no row has a token to
     reveal in block b (no pass, no NFE)."""
     z, nfe, revealed_at = state
-    active = jnp.any(blk.candidates(z, b), axis=-1)
+    candidate = blk.candidates(z, b)
+    active = jnp.any(candidate, axis=-1)
 
     def reveal_some(_):
       logits = blk.of_block(denoise(z, blk.times(b, i)), b)
-      new_z, new_revealed_at = blk.reveal(logits, z, revealed_at, b, i, j)
+      new_z, new_revealed_at = blk.reveal(logits, z, revealed_at, b, i, j, candidate)
       return new_z, nfe + passes * active, new_revealed_at
 
     return jax.lax.cond(jnp.any(active), reveal_some, lambda _: state, None)
@@ -267,9 +269,10 @@ def cached_confidence(order: str, denoiser: CachedDenoiser, sampling: SamplerCon
 
     def step(carry):
       z, nfe, revealed_at, cache, j, i = carry
-      active = jnp.any(blk.candidates(z, b), axis=-1)
+      candidate = blk.candidates(z, b)
       logits, cache = logits_of(z, cache, i)
-      z, revealed_at = blk.reveal(logits, z, revealed_at, b, i, j)
+      z, revealed_at = blk.reveal(logits, z, revealed_at, b, i, j, candidate)
+      active = jnp.any(candidate, axis=-1)
       return z, nfe + active, revealed_at, cache, j + 1, i + 1
 
     def pending(carry):

@@ -144,13 +144,18 @@ def blank_canvas(batch: int, length: int, mask_id: int) -> Canvas:
   return Canvas(jnp.full((batch, length), mask_id, jnp.int32), jnp.zeros((batch, length), bool))
 
 
-def block_plan(length: int, sampling: SamplerConfig,
-               what: str = "sample length") -> tuple[int, int, int]:
+GENERATION = ("generation length", " (the positions after the prompt; blocks start at its end): "
+              "ask for a multiple with new_tokens, or count blocks from position 0 with "
+              "blocks_from=canvas")
+
+
+def block_plan(length: int, sampling: SamplerConfig, what: str = "sample length",
+               hint: str = "") -> tuple[int, int, int]:
   """(number of blocks, block length, steps per block) for `length` positions in blocks;
-  checks that they divide evenly."""
+  checks that they divide evenly (`hint` follows the message)."""
   block = sampling.block_length or length
   if length % block:
-    raise DlmError(f"block_length={block} does not divide the {what} {length}")
+    raise DlmError(f"block_length={block} does not divide the {what} {length}{hint}")
   blocks = length // block
   if sampling.steps <= 0 or sampling.steps % blocks:
     raise DlmError(f"steps={sampling.steps} must be a positive multiple of the {blocks} blocks")
@@ -190,7 +195,7 @@ def block_layout(given, sampling: SamplerConfig):
     block_of = jnp.broadcast_to(jnp.arange(length) // block, (batch, length))
     return block_of, blocks, block, per_block, first_step(given, block, per_block)
   generated = sampling.generation_length or length
-  blocks, block, per_block = block_plan(generated, sampling, "generation length")
+  blocks, block, per_block = block_plan(generated, sampling, *GENERATION)
   ends = prompt_ends(given)[:, None]
   position = jnp.arange(length)[None, :]
   block_of = jnp.where(position >= ends, (position - ends) // block, -1)
