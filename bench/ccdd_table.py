@@ -87,7 +87,7 @@ def main(argv):
       f"Unconditional samples ({FLAGS.num_samples} x "
       f"{rows[0][2]['mean_length']:.0f} tokens, temperature 1; judge: the AR model):",
       "",
-      "| model | sampler | z guidance | steps | gen. perplexity | entropy (bits) | MAUVE | "
+      "| model | sampler | z guidance | steps | gen. perplexity | entropy (bits) | MAUVE (MiniLM) | "
       "NFE | wall (s) |",
       "|---|---|---|---|---|---|---|---|---|",
   ]

@@ -167,7 +167,7 @@ def llada_part() -> None:
 def quickstart_part() -> None:
   import dlm  # pylint: disable=g-import-not-at-top
   from dlm import config as config_lib
-  from dlm import evaluate, samplers
+  from dlm import evaluate, features, samplers
   from dlm.samplers import text as sample_text
   from dlm.train import loop
 
@@ -208,7 +208,7 @@ def quickstart_part() -> None:
            "entropy_bits": round(evaluate.sample_entropy([g for g in generated]), 3),
            **{k: (round(v, 2) if isinstance(v, float) else v)
               for k, v in evaluate.generative_perplexity(judge.model, full).items()},
-           "mauve": round(evaluate.mauve_score(texts, refs), 3)}
+           "mauve": round(features.mauve_score(texts, refs), 3)}
     print(json.dumps(row), flush=True)
 
 

@@ -8,7 +8,7 @@ draws `num_samples` unconditional sequences of the base's row length with:
   a second, independent exact set gives the MAUVE a perfect sampler reaches at this size;
 * `adjust` and `marginal` at k + 1 = 1, 2, 3, 4 tokens per full pass.
 For each: MAUVE against the reference (mean over `mauve_seeds` k-means seeds, MiniLM sentence
-features as dlm.evaluate.mauve_score), the NLL per token of the samples under the base model
+features as dlm.features.mauve_score), the NLL per token of the samples under the base model
 (the exact lowest-entropy sampler's log-likelihood, `joint.log_prob_exact`, on the first
 `nll_samples`), mean full passes
 and sampler passes per sequence, estimated forward FLOPs per sequence, and the wall time of
@@ -46,11 +46,9 @@ FLAGS = flags.FLAGS
 
 
 def _features(texts):
-  from dlm.models import encoders  # pylint: disable=g-import-not-at-top
+  from dlm import features  # pylint: disable=g-import-not-at-top
 
-  encoder, info = encoders.load_encoder(encoders.default_model_dir())
-  hf_tok = encoders.load_tokenizer(info.tokenizer_path)
-  return encoders.sentence_embeddings(encoder, hf_tok, list(texts))
+  return features.featurizer()(list(texts))
 
 
 def _mauve(p, q, seeds):

@@ -70,7 +70,7 @@ def main(argv):
       f"Masked model samples ({FLAGS.num_samples} x {base['samples']['mean_length']:.0f} "
       "tokens, temperature 1; judge: the AR model):",
       "",
-      "| sampler | steps | gen. perplexity | entropy (bits) | MAUVE | NFE | wall (s) |",
+      "| sampler | steps | gen. perplexity | entropy (bits) | MAUVE (MiniLM) | NFE | wall (s) |",
       "|---|---|---|---|---|---|---|",
   ]
   for s in rows:

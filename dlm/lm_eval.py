@@ -15,7 +15,8 @@ gives no `max_gen_toks`), `sampler` and any sampler option (`steps`, `block_leng
 `temperature`, `cache`, `threshold`, ...; `dlm.samplers.OPTIONS`). An unknown one is an error.
 
 * `loglikelihood`: `dlm.likelihood.Scorer`: exact for the autoregressive family, the ELBO's
-  Monte Carlo estimate for the masked family (as LLaDA's `eval_llada.py`). The context and
+  Monte Carlo estimate for the masked family (as LLaDA's `eval_llada.py`); all of a task's
+  requests are scored together, `mc_batch` rows per compiled call. The context and
   continuation are tokenized together and split where the context ends (trailing spaces of
   the context move to the continuation, as the harness's HF model does).
 * `loglikelihood_rolling`: the whole text after the end-of-text token, in windows of the
@@ -94,25 +95,26 @@ class DlmLM(LM):
     return context_ids, whole[len(head):]
 
   def loglikelihood(self, requests, disable_tqdm: bool = False):
-    out = []
-    for request in tqdm(requests, desc="loglikelihood", disable=disable_tqdm):
-      context, continuation = request.args
-      score = self.scorer.score(*self._encode_pair(context, continuation))
-      out.append((score.value, score.is_greedy))
-    return out
+    pairs = [self._encode_pair(*request.args) for request in requests]
+    scores = self.scorer.score_many(pairs, progress=None if disable_tqdm else "loglikelihood")
+    return [(score.value, score.is_greedy) for score in scores]
 
   def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
     from lm_eval import utils  # pylint: disable=g-import-not-at-top
 
-    out = []
-    window = self.run.config.data.seq_len
-    for request in tqdm(requests, desc="loglikelihood_rolling", disable=disable_tqdm):
+    windows, owner = [], []
+    for r, request in enumerate(requests):
       ids = self.run.tokenizer.encode(request.args[0]).tolist()
-      total = 0.0
-      for context, target in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
-          token_list=ids, prefix_token=self.start, max_seq_len=window, context_len=1)):
-        total += self.scorer.score(context, target).value
-      out.append(total)
+      for window in map(utils.make_disjoint_window, utils.get_rolling_token_windows(
+          token_list=ids, prefix_token=self.start, max_seq_len=self.run.config.data.seq_len,
+          context_len=1)):
+        windows.append(window)
+        owner.append(r)
+    scores = self.scorer.score_many(
+        windows, progress=None if disable_tqdm else "loglikelihood_rolling")
+    out = [0.0] * len(requests)
+    for r, score in zip(owner, scores):
+      out[r] += score.value
     return out
 
   def generate_until(self, requests, disable_tqdm: bool = False):

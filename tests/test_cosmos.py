@@ -1,5 +1,6 @@
 """Cosmos (dlm/models/cosmos.py): the tan-d schedule, the autoencoder, latent statistics, and
-the two training stages through `loop.train` with the real all-MiniLM-L6-v2 encoder."""
+the two training stages through `loop.train` with a one-layer encoder in all-MiniLM-L6-v2's
+layout and vocabulary."""
 
 import pathlib
 
@@ -17,6 +18,7 @@ from dlm.processes import gaussian
 from dlm.train import batches, loop, pretrained, restore
 
 import tiny_fit  # noqa: E402  (tests/)
+from tiny_bert import write as write_tiny_bert  # noqa: E402  (tests/)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -88,7 +90,13 @@ def test_latent_statistics_standardise():
 def two_stages(quickstart, tmp_path_factory):
   """Both stages of configs/cosmos.py at toy size: 3 autoencoder steps, then 2 diffusion steps."""
   root = tmp_path_factory.mktemp("cosmos")
+  # A one-layer random encoder in MiniLM's layout and vocabulary: the real one is loaded and
+  # trained beside in tests/test_ccdd.py; here it would only make the programs slower to build.
+  encoder = write_tiny_bert(root / "encoder", encoders.BertConfig(
+      vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+      intermediate_size=32, max_position_embeddings=64, type_vocab_size=2))
   small = {"data.data_dir": quickstart.data.data_dir, "data.seq_len": 32,
+           "cosmos.encoder": str(encoder),
            "train.batch_size": 8, "train.eval_batches": 1, "train.progress": False,
            "train.async_checkpoint": False, "cosmos.num_latents": 8, "cosmos.latent_dim": 16,
            "cosmos.ae_width": 32, "cosmos.ae_depth": 1, "cosmos.stats_rows": 16}

@@ -188,6 +188,13 @@ def test_text_files_per_file_per_line_and_split_globs(quickstart, tmp_path):
   assert sorted(both[0][:] + both[1][:]) == sorted(
       f"document {i}\nsecond line {i}\n" for i in range(20))
   assert len(both[1]) > 0
+  moved = tmp_path / "elsewhere/corpus"  # the split depends on paths below the glob's root
+  moved.mkdir(parents=True)
+  for i in range(20):
+    (moved / f"doc{i}.txt").write_text(f"document {i}\nsecond line {i}\n")
+  cfg.data.dataset = f"text:{moved}/*.txt"
+  assert sorted(sources.open_split(cfg.data, "validation")[:]) == sorted(both[1][:])
+  cfg.data.dataset = f"text:{tmp_path}/*.txt"
   cfg.data.document_per = "line"
   lines = [d for s in ("train", "validation") for d in sources.open_split(cfg.data, s)[:]]
   assert len(lines) == 40 and "second line 7" in lines

@@ -6,15 +6,13 @@ tests/data/minilm_reference.json was produced with torch + transformers in a thr
 
 import json
 import pathlib
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-
-from safetensors.numpy import save_file
+from tiny_bert import write as write_tiny_bert
 
 from dlm.errors import DlmError
 from dlm.models import encoders
@@ -113,22 +111,7 @@ def test_batching_and_padding_do_not_change_embeddings(minilm, embeddings, golde
 
 
 def _tiny_checkpoint(tmp_path, prefix="", drop=None, reshape=None) -> pathlib.Path:
-  """A random tiny BERT checkpoint directory in Hugging Face layout."""
-  rng = np.random.default_rng(0)
-  weights = {}
-  for name, variable, transpose in encoders.hf_weight_targets(encoders.BertEncoder(TINY)):
-    shape = tuple(variable[...].shape)
-    weights[prefix + name] = rng.normal(size=shape[::-1] if transpose else shape).astype(
-        np.float32)
-  if drop:
-    del weights[prefix + drop]
-  if reshape:
-    weights[prefix + reshape] = np.zeros((3,), np.float32)
-  save_file(weights, str(tmp_path / encoders.WEIGHTS_FILE))
-  (tmp_path / encoders.CONFIG_FILE).write_text(json.dumps(
-      {**TINY.__dict__, "model_type": "bert", "position_embedding_type": "absolute"}))
-  shutil.copy(encoders.default_model_dir() / encoders.TOKENIZER_FILE, tmp_path)
-  return tmp_path
+  return write_tiny_bert(tmp_path, TINY, prefix, drop, reshape)
 
 
 def test_loads_bert_prefixed_checkpoint_with_transposed_kernels(tmp_path):

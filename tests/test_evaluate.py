@@ -2,14 +2,20 @@
 and a judge with another tokenizer."""
 
 import math
+import os
 import pathlib
+import subprocess
+import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from entry_points import assert_one_error
 
 from dlm import config as config_lib
-from dlm import api, evaluate, samplers
+from dlm import api, evaluate, features, samplers
 from dlm.errors import DlmError
+from dlm.models import encoders
 from dlm.train import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,8 +38,10 @@ def runs(quickstart, tmp_path_factory):
   d = quickstart.data.data_dir
   return {"masked": _train(d, root / "masked"),
           "ar": _train(d, root / "ar", **{"model.family": "autoregressive"}),
-          "ar_other_vocab": _train(d, root / "ar2", **{"model.family": "autoregressive",
-                                                      "data.tokenizer.vocab_size": 1024})}
+          # A judge with another tokenizer: MiniLM's uncased WordPiece.
+          "ar_other_vocab": _train(d, root / "ar2", **{
+              "model.family": "autoregressive",
+              "data.tokenizer.path": str(encoders.default_model_dir() / "tokenizer.json")})}
 
 
 def test_sample_entropy():
@@ -58,18 +66,46 @@ def test_generation_scored_by_the_judge(runs):
 
 
 def test_judge_with_another_tokenizer_scores_the_text_again(runs):
-  # The judge (vocabulary 1024, zero head: uniform) reads texts in its own tokens after its
-  # bos, so its generative perplexity is exactly its vocabulary size.
+  # The judge (zero head: uniform) reads texts in its own tokens after its bos, so its
+  # generative perplexity is exactly its vocabulary size.
   judge = api.load(runs["ar_other_vocab"], params="params")
   texts = ["def add(a, b):\n    return a + b", "The json module encodes objects."]
   ids = evaluate.judge_tokens(judge.tokenizer, texts)
   assert ids[0][0] == judge.tokenizer.bos_id
   assert ids[1][1:] == judge.tokenizer.encode(texts[1]).tolist()
   result = evaluate.generative_perplexity(judge.model, ids)
-  assert result["gen_perplexity"] == pytest.approx(1024, rel=1e-3)
+  vocab = judge.model.net.cfg.vocab_size
+  assert vocab > 30000 and result["gen_perplexity"] == pytest.approx(vocab, rel=1e-3)
   assert result["scored_tokens"] == sum(len(i) - 1 for i in ids)
   with pytest.raises(DlmError, match="must be autoregressive"):
     evaluate.evaluate(runs["masked"], judge_workdir=runs["masked"])
+
+
+def test_a_judge_that_cannot_encode_the_text_is_refused_before_sampling(runs):
+  # The quickstart's byte-level BPE can write control characters that WordPiece drops.
+  proc = subprocess.run(
+      [sys.executable, "-m", "dlm.evaluate", f"--workdir={runs['masked']}",
+       f"--judge_workdir={runs['ar_other_vocab']}", "--num_samples=2"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert_one_error(proc, "cannot encode 24 character(s) the model can write")
+  assert "validation" not in proc.stderr  # refused before the bound and the samples
+
+
+def test_mauve_features_of_an_autoregressive_workdir_are_its_last_token_states(runs):
+  run = api.load(runs["ar"], params="params")
+  texts = ["def add(a, b):", "The json module encodes objects.", "x",
+           "a text longer than the model's context of 32 tokens " * 4]
+  got = features.last_token_states(run, texts, batch_size=3)
+  assert got.shape == (4, 32)
+  for text, row in zip(texts, got):
+    ids = run.tokenizer.encode(text)[:32]  # no bos; cut to the context
+    want = np.asarray(run.model.net.features(jnp.asarray(ids)[None]))[0, -1]
+    np.testing.assert_allclose(row, want, rtol=1e-4, atol=1e-5)
+  assert np.abs(got[0] - got[1]).max() > 1e-3
+  # A workdir given as MAUVE's features is read this way; empty texts are dropped.
+  np.testing.assert_allclose(features.featurizer(runs["ar"])(texts[:2] + [""]), got[:2],
+                             rtol=1e-4, atol=1e-5)
 
 
 def test_mauve_separates_distributions(quickstart):
@@ -79,9 +115,9 @@ def test_mauve_separates_distributions(quickstart):
   prose = [line for d in docs for line in d.split("\n\n") if len(line) > 80][:120]
   rng = np.random.default_rng(0)
   rng.shuffle(prose)
-  same = evaluate.mauve_score(prose[:60], prose[60:120])
+  same = features.mauve_score(prose[:60], prose[60:120])
   code = [f"x_{i} = [{i}, {i + 1}] * {i % 7}\nreturn f(x_{i})" for i in range(60)]
-  different = evaluate.mauve_score(code, prose[60:120])
+  different = features.mauve_score(code, prose[60:120])
   assert same > 0.5 and different < 0.2 and same > different + 0.4
 
 
@@ -99,8 +135,8 @@ def test_mauve_embeds_with_the_encoder_it_is_given(monkeypatch):
     raise Stop  # the encoder asked for is all this test checks
 
   monkeypatch.setattr(encoders, "load_encoder", load)
-  for features, expected in (("/some/encoder", "/some/encoder"),
-                             (None, str(encoders.default_model_dir()))):
+  for given, expected in (("/some/encoder", "/some/encoder"),
+                          (None, str(encoders.default_model_dir()))):
     with pytest.raises(Stop):
-      evaluate.mauve_score(["a"], ["b"], features=features)
+      features.mauve_score(["a"], ["b"], features=given)
     assert asked[-1] == expected

@@ -425,6 +425,7 @@ def test_evaluate_takes_its_own_batch_count(reference):
   validation = json.loads(proc.stdout)["validation"]
   assert validation["eval_batches"] == 2 and validation["tokens"] == 2 * 8 * 32
   assert validation["real_tokens"] == 2 * 8 * 32 and "every real token" in validation["counted"]
+  assert "validation: 100%" in proc.stderr  # the bound's progress bar
   assert_one_error(_run(["-m", "dlm.evaluate", f"--workdir={ref_dir}", "--eval_batches=-1"]),
                     "--eval_batches must be >= 0")
 
@@ -439,7 +440,11 @@ def test_bad_evaluation_and_schedule_flags_are_refused_before_any_work(reference
       (["-m", "dlm.evaluate", "--infill_span=0"], "--infill_span must be positive"),
       (["-m", "dlm.evaluate", "--sampler=nope"], "unknown sampler 'nope'"),
       (["-m", "dlm.evaluate", "--mauve", f"--mauve_features={tmp_path}/none"],
-       "--mauve_features: no encoder directory"),
+       "MAUVE features: no directory"),
+      (["-m", "dlm.evaluate", "--mauve", f"--mauve_features={ref_dir}"],
+       "features come from an autoregressive one"),
+      (["-m", "dlm.evaluate", "--mauve", f"--mauve_features={tmp_path}"],
+       "encoder file not found"),
       (["-m", "dlm.evaluate", f"--mauve_features={tmp_path}"], "it needs --mauve"),
       (["-m", "dlm.neodiff_schedule", missing], "does not exist"),
       (["-m", "dlm.neodiff_schedule", f"--output={tmp_path}"], "is a directory"),

@@ -11,7 +11,8 @@ The layers, lowest first (docs/ARCHITECTURE.md draws the same):
   5 models (the package: registers the built-in families)
   6 samplers.*, likelihood                                       on the model contract
   7 train.*                                                      the loop, checkpoints, restore
-  8 evaluate, api, cli, joint_data, neodiff_schedule, convert.*  a trained model's users, flags
+  8 evaluate, features, api, cli, joint_data, neodiff_schedule,  a trained model's users, flags
+    convert.*
   9 data.__main__, convert.__main__, lm_eval, dlm (the package)  entry points
 """
 
@@ -33,7 +34,7 @@ LAYERS = [
     ("dlm.models",),
     ("dlm.samplers", "dlm.samplers.", "dlm.likelihood"),
     ("dlm.train.",),
-    ("dlm.evaluate", "dlm.api", "dlm.cli", "dlm.joint_data", "dlm.neodiff_schedule",
+    ("dlm.evaluate", "dlm.features", "dlm.api", "dlm.cli", "dlm.joint_data", "dlm.neodiff_schedule",
      "dlm.convert", "dlm.convert."),
     ("dlm.data.__main__", "dlm.convert.__main__", "dlm.lm_eval", "dlm"),
 ]

@@ -106,3 +106,21 @@ def test_masked_scorer_pads_without_changing_the_estimate():
   assert a.value < 0 and a.stderr > 0
   # Padding is unseen by the real tokens (only the masks drawn differ with the width).
   assert abs(a.value - b.value) < 3 * math.hypot(a.stderr, b.stderr)
+
+
+@pytest.mark.parametrize("family", ["autoregressive", "masked"])
+def test_requests_scored_together_equal_those_scored_one_by_one(family):
+  model = _tiny(family)
+  requests = [([3, 5, 7, 1], [2, 9, 4]), ([4, 4], [1]), ([2] * 40, [5, 6]),
+              ([1, 2, 3], [7, 8, 9, 10]), ([6], [3])]
+  for samples in (4, 16):  # 2 requests' groups per call; 2 groups of 8 per request
+    options = dict(samples=samples, batch_size=8, seed=2, pad_multiple=8)
+    together = likelihood.Scorer(model, **options).score_many(requests)
+    one_by_one = likelihood.Scorer(model, **options)
+    for got, request in zip(together, requests):
+      want = one_by_one.score(*request)
+      assert got.value == pytest.approx(want.value, abs=1e-5)
+      assert got.is_greedy == want.is_greedy
+      np.testing.assert_allclose(got.stderr, want.stderr, atol=1e-5)
+    if family == "masked":
+      assert np.isnan(together[0].stderr) == (samples == 4)

@@ -5,7 +5,8 @@
 `jsonl:GLOB` reads one document per line, each a JSON object whose string fields become
 features (`text`, or `prompt`/`response` pairs for instruction data). A `{split}` in the glob
 names the split's files (`text:/data/{split}/*.txt`); otherwise documents are split into
-train/validation by a hash of their key (file path, or path:line).
+train/validation by a hash of their key (file path, or path:line), the path taken relative to
+the glob's fixed directory so that a corpus splits the same wherever it is stored.
 
 The builder's config name is a fingerprint of the glob, the options and the files' sizes and
 modification times, so edited or added files are prepared anew.
@@ -41,6 +42,19 @@ def _expand(pattern: str) -> dict[str, list[str]]:
   if "{split}" in pattern:
     return {s: sorted(globlib.glob(pattern.format(split=s), recursive=True)) for s in SPLITS}
   return {"*": sorted(globlib.glob(pattern, recursive=True))}
+
+
+def _root(pattern: str) -> str:
+  """The directory of a glob before its first wildcard component ('' for a relative glob that
+  starts with one); split keys are taken relative to it."""
+  parts = pattern.split(os.sep)
+  fixed = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")),
+               len(parts) - 1)
+  return os.sep.join(parts[:fixed])
+
+
+def _split_key(key: str, root: str) -> str:
+  return os.path.relpath(key, root) if root else key
 
 
 def _not_utf8(path: str) -> DlmError:
@@ -131,7 +145,8 @@ def make_config(kind: str, pattern: str, document_per: str, validation_fraction:
 class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Documents from local text or JSONL files."""
 
-  VERSION = tfds.core.Version("1.0.0")
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "hash split keys relative to the glob's fixed directory"}
 
   def _info(self) -> tfds.core.DatasetInfo:
     cfg = self.builder_config
@@ -169,7 +184,9 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         raise DlmError(f"empty dataset: the {empty[0]!r} files matching {cfg.description} "
                        "hold no text")
       return list(SPLITS)
-    splits = {split_of(k, cfg.validation_fraction) for k in self._keys(cfg.files["*"])}
+    root = _root(cfg.pattern)
+    splits = {split_of(_split_key(k, root), cfg.validation_fraction)
+              for k in self._keys(cfg.files["*"])}
     return [s for s in SPLITS if s in splits]
 
   def _documents(self, paths):
@@ -193,8 +210,9 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, split: str):
     cfg = self.builder_config
     if "*" in cfg.files:
+      root = _root(cfg.pattern)
       for key, features in self._documents(cfg.files["*"]):
-        if split_of(key, cfg.validation_fraction) == split:
+        if split_of(_split_key(key, root), cfg.validation_fraction) == split:
           yield key, {**features, "path": key}
     else:
       for key, features in self._documents(cfg.files[split]):

@@ -213,3 +213,20 @@ class Tokenizer:
 
   def token(self, i: int) -> str:
     return self.hf.id_to_token(int(i))
+
+  def characters(self) -> set[str]:
+    """Every character a text decoded from this vocabulary can hold that its tokens spell
+    whole (a byte-level token that is part of a character decodes to U+FFFD: left out)."""
+    special = {t.content for t in self.hf.get_added_tokens_decoder().values() if t.special}
+    texts = self.hf.decode_batch([[i] for i in range(self.vocab_size)],
+                                 skip_special_tokens=False)
+    return {c for t in texts if t not in special for c in t} - {"\ufffd"}
+
+  def cannot_encode(self, characters) -> list[str]:
+    """The characters (whitespace aside: a normalizer's business) that this tokenizer drops
+    or maps to its unknown token, sorted."""
+    unk = getattr(self.hf.model, "unk_token", None)
+    unk_id = self.hf.token_to_id(unk) if unk else None
+    chars = sorted(c for c in characters if not c.isspace())
+    encodings = self.hf.encode_batch(chars, add_special_tokens=False)
+    return [c for c, e in zip(chars, encodings) if not e.ids or unk_id in e.ids]

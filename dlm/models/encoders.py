@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 from dlm.errors import DlmError
 from dlm.models.layers import Frozen  # noqa: F401  (re-exported)
@@ -352,7 +353,8 @@ def read_safetensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     raise DlmError(f"cannot read encoder weights {path}: {e}") from e
 
 
-def _resolve(path_or_dir, config_path, weights_path, tokenizer_path) -> tuple[pathlib.Path, ...]:
+def encoder_files(path_or_dir, config_path=None, weights_path=None,
+                  tokenizer_path=None) -> tuple[pathlib.Path, ...]:
   """(config, weights, tokenizer) paths: explicit ones win, the rest sit next to the weights."""
   base = pathlib.Path(path_or_dir)
   if base.suffix == ".safetensors":
@@ -386,8 +388,8 @@ def load_encoder(path_or_dir: str | pathlib.Path, *, config_path=None, weights_p
   `path_or_dir` is a directory with config.json, model.safetensors and tokenizer.json, or a
   `.safetensors` file with the other two beside it; explicit paths override either.
   """
-  config_file, weights_file, tokenizer_file = _resolve(path_or_dir, config_path, weights_path,
-                                                       tokenizer_path)
+  config_file, weights_file, tokenizer_file = encoder_files(path_or_dir, config_path,
+                                                            weights_path, tokenizer_path)
   config = BertConfig.from_json(config_file)
   encoder = BertEncoder(config, dtype=dtype)
   unused = load_weights(encoder, read_safetensors(weights_file), source=str(weights_file))
@@ -488,8 +490,10 @@ def pad_batch(ids: Sequence[Sequence[int]], batch_size: int, length: int,
 
 
 def sentence_embeddings(encoder: BertEncoder, hf_tokenizer, texts: Sequence[str],
-                        max_length: int = 256, batch_size: int = 32) -> np.ndarray:
-  """L2-normalised mean-pooled sentence embeddings (N, H) float32, as sentence-transformers.
+                        max_length: int = 256, batch_size: int = 32,
+                        progress: bool = False) -> np.ndarray:
+  """L2-normalised mean-pooled sentence embeddings (N, H) float32, as sentence-transformers
+  (a progress bar on stderr over several batches if `progress`).
 
   Batches are padded to `batch_size` rows and a power-of-two length (see `padded_length`) and
   run under `jax.jit`, so only a few shapes ever compile.
@@ -501,7 +505,8 @@ def sentence_embeddings(encoder: BertEncoder, hf_tokenizer, texts: Sequence[str]
   _check_vocab(ids, encoder.config.vocab_size)
   graphdef, state = nnx.split(encoder)
   out = [np.zeros((0, encoder.config.hidden_size), np.float32)]
-  for start in range(0, len(ids), batch_size):
+  starts = range(0, len(ids), batch_size)
+  for start in tqdm(starts, desc="embedding", disable=not progress or len(starts) < 2):
     chunk = ids[start:start + batch_size]
     length = padded_length(max(len(s) for s in chunk), max_length)
     input_ids, mask = pad_batch(chunk, batch_size, length)

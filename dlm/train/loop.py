@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from dlm import config as config_lib
 from dlm import distributed, models, registry, sharding
@@ -134,9 +135,12 @@ def _check_compatible(ckpts, step, stored, config, tokenizer, abstract_params, w
 class Evaluator:
   """One pass over the evaluation split (batches cached after the first), fixed noise."""
 
-  def __init__(self, config, tokenizer, mesh, eval_fn, batches: int | None = None):
-    """`batches`: how many evaluation batches (0 = the whole split; None = train.eval_batches)."""
+  def __init__(self, config, tokenizer, mesh, eval_fn, batches: int | None = None,
+               progress: bool = False):
+    """`batches`: how many evaluation batches (0 = the whole split; None = train.eval_batches);
+    `progress`: progress bars on stderr (process 0) while reading and scoring them."""
     self.config, self.tokenizer, self.mesh, self.eval_fn = config, tokenizer, mesh, eval_fn
+    self.progress = progress and jax.process_index() == 0
     self.limit = config.train.eval_batches if batches is None else batches
     self._batches = None
     self.unigram_bits = None
@@ -149,15 +153,19 @@ class Evaluator:
     it = inputs.eval_iterator(self.config, self.tokenizer, self.mesh)
     limit = self.limit or math.inf
     local_batches, counts = [], np.zeros(self.tokenizer.vocab_size, np.int64)
+    bar = tqdm(desc="reading validation", unit="batch", total=self.limit or None,
+               file=sys.stderr, disable=not self.progress)
     try:
       while len(local_batches) < limit:
         local = it.next_local()
         real = local["segment_ids"] > 0
         counts += np.bincount(local["tokens"][real], minlength=len(counts))
         local_batches.append(local)
+        bar.update(1)
     except StopIteration:
       pass
     finally:
+      bar.close()
       it.close()
     n = len(local_batches)
     if jax.process_count() > 1:
@@ -190,7 +198,8 @@ class Evaluator:
       self._load()
     rng = jax.random.PRNGKey(self.config.train.seed + 2)
     total = None
-    for i, batch in enumerate(self._batches):
+    for i, batch in enumerate(tqdm(self._batches, desc="validation", unit="batch",
+                                   file=sys.stderr, disable=not self.progress)):
       m = self.eval_fn(params, batch, jax.random.fold_in(rng, i))
       total = m if total is None else jax.tree.map(lambda a, b: a + b, total, m)
     return {k: float(v) for k, v in step_lib.summarize(jax.device_get(total)).items()}
@@ -349,8 +358,6 @@ def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings,
           file=sys.stderr)
   progress = None
   if training.progress and jax.process_index() == 0 and start < training.steps:
-    from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-
     progress = tqdm(total=training.steps, initial=start, file=sys.stderr, dynamic_ncols=True,
                     mininterval=1.0)
   last_eval: dict = {}
