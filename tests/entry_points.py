@@ -1,4 +1,8 @@
-"""What the entry-point tests share: a user error is exit status 2 and one `error:` line."""
+"""What the entry-point tests share: a user error is exit status 2 and one `error:` line; the
+XLA flags of an entry point started by a test (one host device; programs built at LLVM's
+optimisation level 0, as conftest.py does for the tests' own)."""
+
+ONE_DEVICE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
 def assert_one_error(proc, message):

@@ -271,8 +271,7 @@ def test_packing_neither_loses_nor_duplicates_tokens(quickstart, tokenizer, pack
     assert rows == -(-sum(seen.values()) // 128)
 
 
-def test_two_process_shards_are_disjoint_and_cover(quickstart, tokenizer):
-  docs = sources.open_split(quickstart.data, "validation")
+def _assert_shards_disjoint_and_cover(docs, tokenizer):
   def texts(index, count):
     ds = pipeline.dataset(docs, tokenizer, seq_len=1 << 17, batch_size=1, packing="pad",
                           shuffle=True, seed=0, num_epochs=1,
@@ -289,22 +288,64 @@ def test_two_process_shards_are_disjoint_and_cover(quickstart, tokenizer):
   assert sorted(shard0 + shard1) == sorted(docs[:])
 
 
-def test_restored_iterator_continues_exactly(quickstart, tokenizer):
-  docs = sources.open_split(quickstart.data, "validation")
+def _assert_restored_iterator_continues_exactly(docs, tokenizer, steps=30, stop=17):
   make = lambda: iter(pipeline.dataset(docs, tokenizer, seq_len=64, batch_size=4, seed=1,
                                        prefetch=2))
   it = make()
-  uninterrupted = [next(it) for _ in range(30)]
+  uninterrupted = [next(it) for _ in range(steps)]
   it = make()
-  for _ in range(17):
+  for _ in range(stop):
     next(it)
   state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
   resumed = make()
   resumed.set_state(state)
-  for expected in uninterrupted[17:]:
+  for expected in uninterrupted[stop:]:
     got = next(resumed)
     for k in pipeline.FEATURES:
       np.testing.assert_array_equal(got[k], expected[k])
+
+
+def test_two_process_shards_are_disjoint_and_cover(quickstart, tokenizer):
+  _assert_shards_disjoint_and_cover(sources.open_split(quickstart.data, "validation"),
+                                    tokenizer)
+
+
+def test_restored_iterator_continues_exactly(quickstart, tokenizer):
+  _assert_restored_iterator_continues_exactly(
+      sources.open_split(quickstart.data, "validation"), tokenizer)
+
+
+def test_hf_parquet_and_arrow_sources_hold_the_jsonl_documents(quickstart, tokenizer,
+                                                                tmp_path):
+  import datasets
+
+  records = {split: [{"text": f"{split} document {i} " + "word " * (i % 7), "id": i}
+                     for i in range(n)] for split, n in (("train", 60), ("validation", 12))}
+  (tmp_path / "jsonl").mkdir()
+  (tmp_path / "parquet").mkdir()
+  saved = datasets.DatasetDict({s: datasets.Dataset.from_list(r) for s, r in records.items()})
+  saved.save_to_disk(str(tmp_path / "dict"))
+  for split, rows in records.items():
+    with open(tmp_path / f"jsonl/{split}.jsonl", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in rows)
+    saved[split].to_parquet(str(tmp_path / f"parquet/{split}.parquet"))
+  datasets.Dataset.from_list(records["train"]).save_to_disk(str(tmp_path / "one"))
+  base = {"data.data_dir": str(tmp_path / "tfds")}
+  read = lambda dataset, split: sources.open_split(  # noqa: E731
+      _config(quickstart, **base, **{"data.dataset": dataset}).data, split)
+  for split in records:
+    want = sorted(read(f"jsonl:{tmp_path}/jsonl/{{split}}.jsonl", split)[:])
+    assert len(want) == len(records[split])
+    for dataset in (f"hf:{tmp_path}/dict", f"parquet:{tmp_path}/parquet/{{split}}.parquet",
+                    f"arrow:{tmp_path}/dict/{{split}}/*.arrow"):
+      assert sorted(read(dataset, split)[:]) == want, dataset
+  # One Dataset (no splits): a hash split of its rows, every row in one of the two.
+  one = [read(f"hf:{tmp_path}/one", split)[:] for split in ("train", "validation")]
+  assert sorted(one[0] + one[1]) == sorted(r["text"] for r in records["train"])
+  # Read as any source: two processes' shards, an iterator restored from its state.
+  docs = read(f"hf:{tmp_path}/dict", "train")
+  _assert_shards_disjoint_and_cover(docs, tokenizer)
+  _assert_restored_iterator_continues_exactly(docs, tokenizer, steps=12, stop=5)
 
 
 def test_epochs_are_reshuffled(quickstart, tokenizer):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import metrics_log  # noqa: E402  (tests/)
-from entry_points import assert_one_error  # noqa: E402  (tests/)
+from entry_points import ONE_DEVICE_XLA_FLAGS, assert_one_error  # noqa: E402  (tests/)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "model.cond_width": 16,
@@ -30,8 +30,8 @@ STEPS = 10
 
 
 def _env(**extra):
-  return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1",
-          **extra}
+  return {**os.environ, "XLA_FLAGS": ONE_DEVICE_XLA_FLAGS, "JAX_PLATFORMS": "cpu",
+          "HF_HUB_OFFLINE": "1", **extra}
 
 
 def _run(args, timeout=600, **kw):
@@ -130,6 +130,31 @@ def test_help_lists_the_config_flag():
 # Data: found at start, named, bounded -----------------------------------------------------
 
 
+def test_a_catalog_dataset_that_needs_tensorflow_names_the_prepare_extra(tmp_path):
+  """TFDS's lm1b finds its files with TensorFlow; so does this stand-in. Without TensorFlow
+  the error names the extra that brings it; with it, the dataset prepares and trains."""
+  (tmp_path / "raw").mkdir()
+  for split in ("train", "test"):
+    (tmp_path / f"raw/{split}-0").write_text(
+        "".join(f"{split} sentence number {i} of the stand-in .\n" for i in range(40)))
+  code = ("import runpy, sys; sys.path.insert(0, 'tests'); import tfds_standin; "
+          "sys.argv[0] = 'train.py'; runpy.run_path('train.py', run_name='__main__')")
+  args = _train_args(tmp_path / "work", str(tmp_path / "tfds"), steps=1)[1:]
+  proc = subprocess.run(
+      [sys.executable, "-c", code, *args, "--config.data.dataset=tfds:lm1b_standin",
+       "--config.data.eval_split=test", "--config.data.tokenizer.vocab_size=300"],
+      cwd=ROOT, env=_env(LM1B_STANDIN_DIR=str(tmp_path / "raw")), capture_output=True,
+      text=True, timeout=600)
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    assert_one_error(proc, "preparing lm1b_standin/1.1.0 needs 'tensorflow', which dlm does "
+                           "not install: pip install 'dlm[prepare]'")
+    assert not (tmp_path / "work/checkpoints").exists()
+  else:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_bad_data_is_refused_before_training(data_dir, tmp_path):
   (tmp_path / "empty").mkdir()
   (tmp_path / "empty/a.txt").write_text("")
@@ -150,6 +175,8 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
       (f"text:{tmp_path}/one/*.txt", [], "has no 'validation' documents: the hash split"),
       (f"text:{tmp_path}/few/{{split}}_*.txt", ["--config.data.streams=4"],
        "data.streams=4 needs at least as many training documents; the split holds 2"),
+      (f"hf:{tmp_path}/nowhere", [], "no such directory (a Dataset.save_to_disk"),
+      (f"parquet:{tmp_path}/one/*.txt", [], "a.txt: not a readable parquet file"),
   ]
   for i, (dataset, extra, message) in enumerate(cases):
     work = tmp_path / f"work{i}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from dlm import config as config_lib
-from entry_points import assert_one_error
+from entry_points import ONE_DEVICE_XLA_FLAGS, assert_one_error
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "data.seq_len": 32}
@@ -103,7 +103,8 @@ def test_the_adapter_scores_autoregressive_continuations_exactly(workdirs):
 
 
 def test_bad_model_arguments_are_one_error_line(workdirs, tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "HF_DATASETS_OFFLINE": "1"}
+  env = {**os.environ, "XLA_FLAGS": ONE_DEVICE_XLA_FLAGS, "JAX_PLATFORMS": "cpu",
+         "HF_DATASETS_OFFLINE": "1"}
   tasks = _task_dir(tmp_path)
   lm_eval = [sys.executable, "-m", "dlm.lm_eval", "--tasks", "dlm_toy_mc", "--include_path",
              tasks, "--model_args"]

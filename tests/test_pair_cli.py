@@ -9,9 +9,13 @@ import sys
 
 import numpy as np
 import pytest
+from entry_points import ONE_DEVICE_XLA_FLAGS  # noqa: E402  (tests/)
+
+import jax
+import jax.numpy as jnp
 
 from dlm import config as config_lib
-from dlm import evaluate, neodiff_schedule, samplers
+from dlm import api, evaluate, neodiff_schedule, samplers
 from dlm.processes import nonsim
 from dlm.samplers import text
 from dlm.train import loop
@@ -36,7 +40,7 @@ def workdir(data_dir, tmp_path_factory):
 
 
 def _run(script, *args):
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": ONE_DEVICE_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
   cmd = [sys.executable, str(ROOT / script), *args]
   return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -67,6 +71,27 @@ def test_schedule_search_sample_and_evaluate(workdir, tmp_path):
   assert res["pairs"]["pairs"] == 4 and 0.0 <= res["pairs"]["bleu"] <= 100.0
   assert res["pairs"]["sampler"] == "neodiff"
   assert res["validation"]["bound"] is False and np.isfinite(res["validation"]["loss"])
+
+
+def test_pair_references_are_scored_given_their_sources(data_dir, tmp_path):
+  config = config_lib.from_file(str(ROOT / "configs/summarize.py:autoregressive"), **{
+      "data.data_dir": data_dir, **{k: v for k, v in TINY.items() if "neodiff" not in k}})
+  loop.train(config, str(tmp_path))
+  res = evaluate.evaluate(str(tmp_path), sampler=samplers.SamplerConfig(name="", steps=4),
+                          num_pairs=3, eval_batches=1)
+  run = api.load(str(tmp_path))
+  tok = run.tokenizer
+  total = count = 0.0
+  for source, target in evaluate.validation_pairs(run.config, 3):
+    prefix = [tok.bos_id, *tok.encode(source)[:32].tolist(), tok.eos_id]  # source_len 32
+    ids = [*tok.encode(target)[:48 - len(prefix) - 1].tolist(), tok.eos_id]
+    log_p = jax.nn.log_softmax(run.model.denoise(jnp.asarray([prefix + ids])), axis=-1)[0]
+    total += sum(float(log_p[len(prefix) - 1 + i, y]) for i, y in enumerate(ids))
+    count += len(ids)
+  pairs = res["pairs"]
+  assert pairs["exact"] is True and pairs["reference_tokens"] == count
+  assert pairs["reference_bits_per_token"] == pytest.approx(-total / count / np.log(2),
+                                                            rel=1e-5)
 
 
 def test_source_on_an_unconditional_model_is_a_clear_error(quickstart, tmp_path):

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from entry_points import ONE_DEVICE_XLA_FLAGS  # noqa: E402  (tests/)
 
 from dlm import config as config_lib
 from dlm.train import loop
@@ -30,7 +31,7 @@ def workdir(quickstart, tmp_path_factory):
 
 
 def _sample(*args):
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": ONE_DEVICE_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
   return subprocess.run([sys.executable, str(ROOT / "sample.py"), *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
 
@@ -131,7 +132,7 @@ def test_the_python_api_prints_nothing_but_what_the_caller_prints(workdir):
             "for text in dlm.generate(run, ['Return the', 'The json'], sampler='low_confidence',\n"
             "                         steps=4, temperature=0.0):\n"
             "  print(repr(text))\n")
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": ONE_DEVICE_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
   out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=600)
   assert out.returncode == 0 and out.stderr == "", out.stderr

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from entry_points import ONE_DEVICE_XLA_FLAGS  # noqa: E402  (tests/)
 from jax.sharding import PartitionSpec as P
 
 from dlm import config as config_lib
@@ -200,7 +201,7 @@ _losses = metrics_log.losses
 
 
 def _env():
-  return {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  return {**os.environ, "XLA_FLAGS": ONE_DEVICE_XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
 
 
 _wait_for = metrics_log.wait_for

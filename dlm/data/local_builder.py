@@ -1,9 +1,13 @@
-"""User text files and JSONL files as a TFDS dataset (prepared as array_record like any other).
+"""User text, JSONL, Parquet and Arrow files as a TFDS dataset (prepared as array_record like
+any other).
 
 `text:GLOB` reads one document per file (or per non-empty line, `data.document_per="line"`);
 (empty files and blank lines are no documents; a file that is not UTF-8 is an error naming it);
 `jsonl:GLOB` reads one document per line, each a JSON object whose string fields become
-features (`text`, or `prompt`/`response` pairs for instruction data). A `{split}` in the glob
+features (`text`, or `prompt`/`response` pairs for instruction data); `parquet:GLOB` and
+`arrow:GLOB` (Arrow IPC stream or file format, as `datasets` writes) read one document per
+row, every string column of the first file a feature, in record batches (with `pyarrow`), so
+memory holds one batch, not a file. A `{split}` in the glob
 names the split's files (`text:/data/{split}/*.txt`); otherwise documents are split into
 train/validation by a hash of their key (file path, or path:line), the path taken relative to
 the glob's fixed directory so that a corpus splits the same wherever it is stored.
@@ -23,9 +27,12 @@ import os
 import tensorflow_datasets as tfds
 
 from dlm.data.stdlib_builder import split_of
-from dlm.errors import DlmError
+from dlm.errors import DlmError, one_line
 
 SPLITS = ("train", "validation")
+KINDS = ("text", "jsonl", "parquet", "arrow")
+TABLES = ("parquet", "arrow")
+BATCH = 1024  # rows per record batch read from a Parquet or Arrow file
 
 
 @dataclasses.dataclass(eq=False)
@@ -101,10 +108,53 @@ def _jsonl_records(path: str):
     yield lineno, record
 
 
+def _record_batches(kind: str, path: str):
+  """A Parquet or Arrow file's record batches; a file of another kind is a DlmError."""
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  try:
+    if kind == "parquet":
+      yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH)
+      return
+    try:
+      reader = pa.ipc.open_stream(pa.memory_map(path))
+    except pa.ArrowInvalid:  # the random-access file format
+      reader = pa.ipc.open_file(pa.memory_map(path))
+      reader = (reader.get_batch(i) for i in range(reader.num_record_batches))
+    yield from reader
+  except (pa.ArrowException, OSError) as e:
+    raise DlmError(f"{path}: not a readable {kind} file ({one_line(e)})") from None
+
+
+def _schema_strings(kind: str, path: str) -> tuple[str, ...]:
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+
+  batch = next(iter(_record_batches(kind, path)), None)
+  if batch is None:
+    return ()
+  return tuple(sorted(f.name for f in batch.schema
+                      if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)))
+
+
+def _table_rows(kind: str, path: str, fields: tuple[str, ...]):
+  """(row number, {field: text}) of a Parquet or Arrow file, one record batch at a time."""
+  row = 0
+  for batch in _record_batches(kind, path):
+    missing = [f for f in fields if f not in batch.schema.names]
+    if missing:
+      raise DlmError(f"{path}: no column(s) {missing} (the first file's string columns are "
+                     f"{list(fields)})")
+    columns = [batch.column(f).to_pylist() for f in fields]
+    for values in zip(*columns):
+      row += 1
+      yield row, {f: v or "" for f, v in zip(fields, values)}
+
+
 def make_config(kind: str, pattern: str, document_per: str, validation_fraction: float):
   """Builds the config for a glob, checking that it matches files; raises DlmError if not."""
-  if kind not in ("text", "jsonl"):
-    raise DlmError(f"unknown local file kind {kind!r}; expected 'text' or 'jsonl'")
+  if kind not in KINDS:
+    raise DlmError(f"unknown local file kind {kind!r}; expected one of {KINDS}")
   if document_per not in ("file", "line"):
     raise DlmError(f"data.document_per must be 'file' or 'line', got {document_per!r}")
   files = _expand(pattern)
@@ -124,6 +174,12 @@ def make_config(kind: str, pattern: str, document_per: str, validation_fraction:
     fields = tuple(sorted(k for k, v in first.items() if isinstance(v, str)))
     if not fields:
       raise DlmError(f"jsonl:{pattern}: the first record has no string field")
+  if kind in TABLES:
+    first_file = next(p for paths in files.values() for p in paths)
+    fields = _schema_strings(kind, first_file)
+    if not fields:
+      raise DlmError(f"{kind}:{pattern}: the first file ({first_file}) has no string column "
+                     "or no rows")
   digest = hashlib.sha256()
   digest.update(repr((kind, pattern, document_per, validation_fraction, fields)).encode())
   for paths in files.values():
@@ -163,6 +219,10 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _keys(self, paths):
     cfg = self.builder_config
     for path in paths:
+      if cfg.kind in TABLES:
+        for row, _ in _table_rows(cfg.kind, path, cfg.fields):
+          yield f"{path}:{row}"
+        continue
       if cfg.kind == "text" and cfg.document_per == "file":
         if _read(path).strip():
           yield path
@@ -198,6 +258,9 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
           if missing:
             raise DlmError(f"{path}:{lineno}: record lacks string field(s) {missing}")
           yield f"{path}:{lineno}", {**{f: record[f] for f in cfg.fields}}
+      elif cfg.kind in TABLES:
+        for row, features in _table_rows(cfg.kind, path, cfg.fields):
+          yield f"{path}:{row}", features
       elif cfg.document_per == "line":
         for lineno, line in _lines(path):
           if line.strip():

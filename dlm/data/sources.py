@@ -5,7 +5,10 @@
 * `tfds:NAME` any TFDS dataset by name (`lm1b`, `wiki40b/en`, `c4/en:3.1.0`, and the embedded
   `python_stdlib/docs` / `python_stdlib/code`), prepared as array_record;
 * `text:GLOB` local text files (`data.document_per` = `file` | `line`);
-* `jsonl:GLOB` local JSON-lines files.
+* `jsonl:GLOB` local JSON-lines files;
+* `parquet:GLOB`, `arrow:GLOB` local Parquet or Arrow files, a document per row;
+* `hf:PATH` a `datasets` `save_to_disk` directory, `hf:OWNER/NAME[/CONFIG]` a Hugging Face hub
+  dataset (`dlm/data/hf_builder.py`).
 
 Every source ends as a TFDS builder prepared as array_record and read with its data source: no
 TensorFlow at run time, and one reading path for all of them.
@@ -25,9 +28,12 @@ import jax
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from dlm.data import local_builder
+from dlm.data import hf_builder, local_builder
 from dlm.data import stdlib_builder  # noqa: F401  (registers python_stdlib with TFDS)
 from dlm.errors import DlmError, one_line
+
+
+FORMS = "tfds:NAME, text:GLOB, jsonl:GLOB, parquet:GLOB, arrow:GLOB or hf:NAME"
 
 
 def data_dir(cfg) -> str:
@@ -40,9 +46,7 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
   spec = cfg.dataset
   scheme, sep, rest = spec.partition(":")
   if not sep or not rest:
-    raise DlmError(
-        f"data.dataset={spec!r} is not of the form tfds:NAME, text:GLOB or jsonl:GLOB"
-    )
+    raise DlmError(f"data.dataset={spec!r} is not of the form {FORMS}")
   if scheme == "tfds":
     try:
       return tfds.builder(rest, data_dir=data_dir(cfg), file_format="array_record")
@@ -54,7 +58,10 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
       hub = (" (fetched from the Hugging Face hub: is there network?)"
              if "huggingface" in rest else "")
       raise DlmError(f"cannot open dataset {spec!r}{hub}: {one_line(e)}") from None
-  if scheme in ("text", "jsonl"):
+  if scheme == "hf":
+    return hf_builder.HfDataset(config=hf_builder.make_config(rest, cfg.validation_fraction),
+                                data_dir=data_dir(cfg), file_format="array_record")
+  if scheme in local_builder.KINDS:
     config = local_builder.make_config(
         scheme, rest, cfg.document_per, cfg.validation_fraction
     )
@@ -62,7 +69,7 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
         config=config, data_dir=data_dir(cfg), file_format="array_record"
     )
   raise DlmError(f"unknown dataset source {scheme!r} in data.dataset={spec!r}; "
-                 "expected tfds:NAME, text:GLOB or jsonl:GLOB")
+                 f"expected {FORMS}")
 
 
 def prepare(cfg) -> tfds.core.DatasetBuilder:
@@ -103,6 +110,12 @@ def _prepare_locked(b: tfds.core.DatasetBuilder) -> None:
         b.download_and_prepare(file_format="array_record")
     except DlmError:
       raise
+    except ImportError as e:  # TFDS's lazy imports: TensorFlow, Apache Beam, ...
+      module = getattr(e, "name", None) or one_line(e)
+      raise DlmError(
+          f"preparing {b.info.full_name} needs {module!r}, which dlm does not install: "
+          f"pip install 'dlm[prepare]' (TensorFlow and Apache Beam, for preparation only; "
+          "training reads the prepared array_record files without them)") from e
     except Exception as e:  # a catalog dataset that needs manual download, network, ...
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise DlmError(f"could not prepare dataset {b.info.full_name}: {first}") from e

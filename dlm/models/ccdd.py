@@ -16,9 +16,17 @@ conditioning (token time t, plus an embedding of the z time), two heads: token l
 never predicted) and z0 prediction (its own adaLN final layer on the backbone's trunk,
 `CCDDNet`: the shared backbone plus that head, whose parameters keep the names `net/aux_*`).
 
-Loss (CCDD `loss.py`): the GIDD NELBO of the tokens + min(1/(1 - t), 10) mean_d (z_pred - z0)^2.
-The reported `nelbo` is the token term only: a bound on -log p(x | z-channel), not on
--log p(x), since z0 is a function of the clean tokens (see README).
+Loss: the GIDD NELBO of the tokens + min(1/(1 - t), 10) mean_d (z_pred - z0)^2 (the z term as
+CCDD `loss.py`). The reported `nelbo` is the token term only: a bound on -log p(x | z-channel),
+not on -log p(x), since z0 is a function of the clean tokens (see README).
+
+Where this departs from the released code (not yet options): it trains the token channel on
+its `dynamic` weighting (2 on masked tokens, 1 on uniform-noised ones, clipped to [0, 2]) and
+only logs the NELBO, where we train on the NELBO itself; it slices the encoder's states to
+`latent_dim` channels and then standardises them, where we standardise over the full width and
+then slice; rows whose z is dropped get no z loss there, and do here; and the paper's encoder is
+the causal Qwen3-Embedding, ours by default the bidirectional all-MiniLM-L6-v2, whose states
+reveal more of each token's right context (so more of x leaks through z).
 """
 
 from __future__ import annotations

@@ -16,8 +16,9 @@ h_prev: the marginal baseline.
 Training (`corrupt` + `loss`, through train.py) reads trajectories of the base model's exact
 one-token-per-pass lowest-entropy sampler (`python -m dlm.joint_data`: rows of `tokens` and
 the reveal `order`). It masks a random fraction t ~ U(0, 1) of each row (`joint.noising`:
-'random' positions, as the paper's code, or the last fraction of the trajectory's reveal order
-'trajectory', the states the sampler meets), runs the base once (h, logits), then unrolls the
+the last fraction of the trajectory's reveal order, 'trajectory', the states the sampler meets,
+as the paper's code's default data, windows of the exact sampler's trajectories
+(`entropy_history_*` configs); or 'random' positions, its fallback), runs the base once (h, logits), then unrolls the
 head `joint.unrolls` times; unroll j reveals one more masked position with its trajectory token
 (the lowest-entropy one under the base's logits for 'random', the next in the trajectory's order
 for 'trajectory') and refreshes all hidden states. Each row takes its loss at one unroll
