@@ -15,9 +15,7 @@ import os
 
 from absl import app, flags
 
-from dlm import config as config_lib
 from dlm import evaluate, samplers
-from dlm.train import loop
 
 import common  # bench/common.py
 
@@ -31,16 +29,12 @@ flags.DEFINE_string("data_dir", "", "data.data_dir for training (default: TFDS's
 flags.DEFINE_string("only", "", "Evaluate only this model ('masked' or 'ccdd'); no table.")
 flags.DEFINE_string("results", "", "JSON lines of evaluations: reused when present, appended.")
 FLAGS = flags.FLAGS
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ensure_trained(variant: str) -> str:
-  workdir = os.path.join(FLAGS.workdir, variant)
-  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-    config = config_lib.from_file(os.path.join(ROOT, f"configs/ccdd.py:{variant}"), **{
-        "train.progress": False, "data.data_dir": FLAGS.data_dir, "train.steps": FLAGS.steps})
-    loop.train(config, workdir)
-  return workdir
+  return common.ensure_trained(
+      f"configs/ccdd.py:{variant}", os.path.join(FLAGS.workdir, variant), **{
+          "train.progress": False, "data.data_dir": FLAGS.data_dir, "train.steps": FLAGS.steps})
 
 
 def main(argv):

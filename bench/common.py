@@ -35,3 +35,17 @@ def emit(text: str, out: str | None) -> None:
   if out:
     with open(out, "w") as f:
       f.write(text + "\n")
+
+
+def ensure_trained(config: str, workdir: str, **overrides) -> str:
+  """Trains `config` (a configs/ path, relative to the repository) into `workdir` with the
+  config `overrides` unless the workdir already holds checkpoints; returns the workdir."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  from dlm import config as config_lib  # pylint: disable=g-import-not-at-top
+  from dlm.train import loop  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    loop.train(config_lib.from_file(os.path.join(root, config), **overrides), workdir)
+  return workdir

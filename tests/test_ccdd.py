@@ -181,6 +181,31 @@ def test_tiny_ccdd_learns_and_keeps_its_encoder():
   assert not any("encoder" in str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
 
 
+def test_latents_slice_then_standardise_as_the_released_code_or_the_other_way():
+  x = jnp.tile(jnp.arange(10) % (V - 1), (2, 1))
+  seg = jnp.ones_like(x)
+  first, full = (_tiny_model(reduce=r) for r in ("slice_first", "slice"))
+  h = first.encoder(x, seg)
+  np.testing.assert_allclose(first.latents(x, seg), ccdd.standardize(h[..., :8]), atol=1e-6)
+  np.testing.assert_allclose(full.latents(x, seg), ccdd.standardize(h)[..., :8], atol=1e-6)
+  z = np.asarray(first.latents(x, seg))  # each token's channels: mean 0, variance 1
+  np.testing.assert_allclose(z.mean(-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(z.var(-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("when_dropped", [True, False])
+def test_rows_without_z_train_the_z_head_only_if_asked(when_dropped):
+  model = _tiny_model(p_drop_z=0.999, z_loss_when_dropped=when_dropped)
+  x = jnp.tile(jnp.arange(10) % (V - 1), (4, 1))
+  batch = {"tokens": x, "segment_ids": jnp.ones_like(x), "positions": jnp.broadcast_to(
+      jnp.arange(10), x.shape), "given": jnp.zeros(x.shape, bool).at[:, :3].set(True)}
+  noisy = model.corrupt(batch, jax.random.PRNGKey(1))
+  assert bool(noisy["drop_z"].all())
+  _, train = model.loss(noisy, rng=jax.random.PRNGKey(2))
+  _, evaluation = model.loss(noisy, train=False)  # evaluation never drops z
+  assert (float(train["mse"]) > 0) == when_dropped and float(evaluation["mse"]) > 0
+
+
 def test_sampler_keeps_given_tokens_and_fills_the_rest():
   model = _tiny_model()
   given = jnp.zeros((3, 12), bool).at[:, :4].set(True)

@@ -20,13 +20,16 @@ Loss: the GIDD NELBO of the tokens + min(1/(1 - t), 10) mean_d (z_pred - z0)^2 (
 CCDD `loss.py`). The reported `nelbo` is the token term only: a bound on -log p(x | z-channel),
 not on -log p(x), since z0 is a function of the clean tokens (see README).
 
-Where this departs from the released code (not yet options): it trains the token channel on
-its `dynamic` weighting (2 on masked tokens, 1 on uniform-noised ones, clipped to [0, 2]) and
-only logs the NELBO, where we train on the NELBO itself; it slices the encoder's states to
-`latent_dim` channels and then standardises them, where we standardise over the full width and
-then slice; rows whose z is dropped get no z loss there, and do here; and the paper's encoder is
-the causal Qwen3-Embedding, ours by default the bidirectional all-MiniLM-L6-v2, whose states
-reveal more of each token's right context (so more of x leaks through z).
+Where the defaults depart from the released code: it trains the token channel on its
+`dynamic` weighting (2 on masked tokens, 1 on uniform-noised ones, clipped to [0, 2]) and only
+logs the NELBO, where we train on the NELBO itself (not an option: the weight it gives clean
+tokens, `x_scale`, is not in our notes of its code); it slices the encoder's states to
+`latent_dim` channels and then standardises them (`reduce='slice_first'`), where the default
+standardises the full width and then slices; rows whose z is dropped get no z loss there
+(`z_loss_when_dropped=False`), and do by default; and the paper's encoder is the causal
+Qwen3-Embedding, ours by default the bidirectional all-MiniLM-L6-v2, whose states reveal more of
+each token's right context (so more of x leaks through z). The defaults stay as they are so
+that the README's CCDD table still describes them.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ from dlm.processes import time as time_lib
 from dlm.processes import gidd
 from dlm.processes.gidd import GiddProcess
 
-REDUCTIONS = ("slice", "pca")
+REDUCTIONS = ("slice", "slice_first", "pca")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +67,9 @@ class CCDDConfig:
   encoder_arch: str = ""  # filled at build: the encoder's config.json (checkpoints need no files)
   encoder_dtype: str = "float32"  # the frozen encoder's matmul dtype
   latent_dim: int = 32  # channels of z
-  reduce: str = "slice"  # 'slice' (first latent_dim standardised channels) | 'pca' (fitted)
+  # 'slice': standardise the full width, keep the first latent_dim channels; 'slice_first': keep
+  # them, then standardise (the released code: z0 = LN(h[..., :latent_dim])); 'pca' (fitted)
+  reduce: str = "slice"
   pca_rows: int = 256  # training rows the PCA is fitted on
   p_uniform: float = 0.0  # GIDD uniform-noise share (0 = MDLM masking)
   gamma: float = 1.0  # GIDD: c_t = B (t (1 - t))^(gamma / 2), valid for 0 < gamma <= 2
@@ -75,6 +80,12 @@ class CCDDConfig:
   p_drop_x: float = 0.0  # whole-sample dropout of x_t (all [MASK]) in training
   z_weight: float = 1.0  # weight of the z MSE beside the token NELBO
   z_weight_max: float = 10.0  # the MSE's time weight min(1 / (1 - t), z_weight_max)
+  # whether rows whose z_t is dropped (p_drop_z) still train the z0 prediction (the released
+  # code: no, False)
+  z_loss_when_dropped: bool = True
+  # evaluation only: z_t zeroed, so the bound is the token channel's without what z reveals of
+  # the clean sequence (bench/ccdd_leakage.py sets it to measure that)
+  eval_without_z: bool = False
 
   def __post_init__(self):
     if self.reduce not in REDUCTIONS:
@@ -148,11 +159,13 @@ class CCDD(nnx.Module):
 
   def latents(self, tokens, segment_ids):
     """z0 (batch, length, latent_dim): the frozen encoder's standardised, reduced states."""
-    h = standardize(self.encoder(tokens, (segment_ids > 0).astype(jnp.int32)))
-    if self.options.reduce == "pca":
-      z0 = (h - self.pca_mean[...]) @ self.pca_proj[...]
+    h = self.encoder(tokens, (segment_ids > 0).astype(jnp.int32))
+    if self.options.reduce == "slice_first":
+      z0 = standardize(h[..., :self.options.latent_dim])
+    elif self.options.reduce == "pca":
+      z0 = (standardize(h) - self.pca_mean[...]) @ self.pca_proj[...]
     else:
-      z0 = h[..., :self.options.latent_dim]
+      z0 = standardize(h)[..., :self.options.latent_dim]
     return jax.lax.stop_gradient(z0)
 
   # The network -------------------------------------------------------------------------------
@@ -207,10 +220,14 @@ class CCDD(nnx.Module):
     if train:
       z = jnp.where(noisy["drop_x"][:, None] & scored, self.process.mask_id, z)
       z_t = jnp.where(noisy["drop_z"][:, None, None], 0.0, z_t)
+    elif self.options.eval_without_z:
+      z_t = jnp.zeros_like(z_t)
     logits, z_pred = self.denoise(z, z_t, t, noisy["t_z"], noisy["segment_ids"],
                                   noisy["positions"], rng=rng if train else None)
     nelbo = self.process.nelbo(logits, x, z, t, scored)
     real = noisy["segment_ids"] > 0
+    if train and not self.options.z_loss_when_dropped:
+      real = real & ~noisy["drop_z"][:, None]
     weight = jnp.minimum(1.0 / jnp.maximum(1.0 - noisy["t_z"], 1e-6),
                          self.options.z_weight_max)
     mse = jnp.where(real, gaussian.x0_mse(z_pred, noisy["z0"], weight, mean_over_dim=True), 0.0)
