@@ -176,6 +176,7 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
       (f"text:{tmp_path}/few/{{split}}_*.txt", ["--config.data.streams=4"],
        "data.streams=4 needs at least as many training documents; the split holds 2"),
       (f"hf:{tmp_path}/nowhere", [], "no such directory (a Dataset.save_to_disk"),
+      ("hf:someowner/nonexistent", [], "cannot open the Hugging Face hub dataset"),
       (f"parquet:{tmp_path}/one/*.txt", [], "a.txt: not a readable parquet file"),
   ]
   for i, (dataset, extra, message) in enumerate(cases):
