@@ -14,9 +14,17 @@ target) pairs; --schedule loads an optimised extrinsic time schedule (NeoDiff,
 prints how each was denoised; --html=FILE writes a page that replays it.
 """
 
+import os
+import sys
+
+if __name__ == "__main__" and sys.platform == "linux" and "GLIBC_TUNABLES" not in os.environ:
+  # XLA:CPU maps each step's temporaries anew; glibc's hugetlb tunable makes them huge pages
+  # (README "Benchmarks"). glibc reads it only at start: run again with it set, once.
+  os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
 import dataclasses
 import json
-import sys
 
 from absl import app, flags
 

@@ -11,8 +11,16 @@ TPU, where JAX finds them (`dlm.distributed`). DIR must be shared by all process
 alone writes metrics and prints.
 """
 
-import json
+import os
 import sys
+
+if __name__ == "__main__" and sys.platform == "linux" and "GLIBC_TUNABLES" not in os.environ:
+  # XLA:CPU maps each step's temporaries anew; glibc's hugetlb tunable makes them huge pages
+  # (README "Benchmarks"). glibc reads it only at start: run again with it set, once.
+  os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+  os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+import json
 
 from absl import app, flags
 

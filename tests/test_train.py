@@ -372,3 +372,21 @@ def test_a_non_finite_step_changes_nothing_but_the_step_count(tiny, tokenizer):
   for a, b in ((after.params, poisoned_host.params), (after.opt_state, poisoned_host.opt_state),
                (after.ema, poisoned_host.ema)):
     jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+@pytest.mark.parametrize("script", ["train.py", "sample.py"])
+def test_entry_points_run_with_huge_page_allocations_unless_told_otherwise(script):
+  """train.py and sample.py start again once with glibc's hugetlb tunable set (glibc reads it
+  only at start); a GLIBC_TUNABLES the user set is left alone."""
+  code = ("import os, runpy, sys; print(os.environ.get('GLIBC_TUNABLES'), flush=True); "
+          f"sys.argv = ['{script}', '--helpshort']; runpy.run_path('{script}', "
+          "run_name='__main__')")
+  env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+  for preset, printed in ((None, ["None", "glibc.malloc.hugetlb=1"]), ("x", ["x"])):
+    if preset:
+      env["GLIBC_TUNABLES"] = preset
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stdout.splitlines()
+    assert lines[:len(printed)] == printed, proc.stdout  # one start more, with the tunable
+    assert lines[len(printed)] not in ("None", "x", "glibc.malloc.hugetlb=1"), proc.stdout
