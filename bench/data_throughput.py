@@ -1,12 +1,17 @@
 """Input-pipeline throughput on the quickstart data: tokenize + pack + batch (+ device put).
 
   python bench/data_throughput.py [--config=configs/quickstart.py] [--seconds=20]
+  python bench/data_throughput.py --prepare_mb=200
 
-Prints one JSON line. The pipeline must not bound training: compare `tokens_per_s` with the
+Prints one JSON line. With `--prepare_mb=N` it instead writes a synthetic corpus of N MB (random
+words, documents of 1-4 KB) as text files, JSON lines and Parquet, and times preparing each
+(`sources.prepare`: reading, hashing into splits, writing array_record; one process) in a fresh
+data directory: one JSON line per format with MB/s and documents/s. The pipeline must not bound training: compare `tokens_per_s` with the
 quickstart model's training tokens/s from `bench/train_throughput.py`.
 """
 
 import json
+import os
 import time
 
 from absl import app, flags
@@ -16,6 +21,8 @@ from dlm.data import inputs
 from dlm.train import batches
 
 flags.DEFINE_float("seconds", 20.0, "How long to pull batches for (after a warm-up batch).")
+flags.DEFINE_integer("prepare_mb", 0, "Time preparing a synthetic corpus of this many MB "
+                     "instead (0: measure reading).")
 FLAGS = flags.FLAGS
 
 
@@ -28,8 +35,61 @@ def measure(next_batch, seconds: float, tokens_per_batch: int) -> float:
   return n * tokens_per_batch / (time.perf_counter() - start)
 
 
+def _corpus(root, megabytes: int) -> tuple[list[str], int, int]:
+  """Writes the synthetic documents as text files (a document per line, 64 files), JSON lines
+  and Parquet under `root`; returns the three `data.dataset` values, the documents and bytes."""
+  import random  # pylint: disable=g-import-not-at-top
+
+  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  rng = random.Random(0)
+  words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
+           for _ in range(20000)]
+  docs, size = [], 0
+  while size < megabytes * 10**6:
+    doc = " ".join(rng.choices(words, k=rng.randint(170, 700)))
+    docs.append(doc)
+    size += len(doc) + 1
+  for kind in ("text", "jsonl", "parquet"):
+    os.makedirs(os.path.join(root, kind))
+  for i in range(64):
+    part = docs[i::64]
+    with open(os.path.join(root, f"text/{i:02d}.txt"), "w") as f:
+      f.writelines(d + "\n" for d in part)
+    with open(os.path.join(root, f"jsonl/{i:02d}.jsonl"), "w") as f:
+      f.writelines(json.dumps({"text": d}) + "\n" for d in part)
+    pq.write_table(pa.table({"text": part}), os.path.join(root, f"parquet/{i:02d}.parquet"))
+  return [f"text:{root}/text/*.txt", f"jsonl:{root}/jsonl/*.jsonl",
+          f"parquet:{root}/parquet/*.parquet"], len(docs), size
+
+
+def prepare_throughput(config) -> None:
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from dlm.data import sources  # pylint: disable=g-import-not-at-top
+
+  with tempfile.TemporaryDirectory() as root:
+    datasets, count, size = _corpus(root, FLAGS.prepare_mb)
+    for dataset in datasets:
+      data = config.data.copy_and_resolve_references()
+      data.dataset, data.data_dir, data.document_per = dataset, os.path.join(root, "tfds"), "line"
+      start = time.perf_counter()
+      sources.prepare(data)
+      wall = time.perf_counter() - start
+      print(json.dumps({"bench": "data_prepare", "dataset": dataset.split(":")[0],
+                        "workers": 1, "mb": round(size / 1e6, 1), "documents": count,
+                        "wall_s": round(wall, 1), "mb_per_s": round(size / 1e6 / wall, 2),
+                        "documents_per_s": round(count / wall)}), flush=True)
+
+
 def main(argv):
   del argv
+  if FLAGS.prepare_mb:
+    with cli.user_errors(), cli.stdout_to_stderr():
+      config = cli.config()
+    prepare_throughput(config)
+    return
   with cli.user_errors(), cli.stdout_to_stderr():
     config = cli.config()
     config.data.prefetch = 0  # measure the work itself, in this thread

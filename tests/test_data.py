@@ -339,9 +339,14 @@ def test_hf_parquet_and_arrow_sources_hold_the_jsonl_documents(quickstart, token
     for dataset in (f"hf:{tmp_path}/dict", f"parquet:{tmp_path}/parquet/{{split}}.parquet",
                     f"arrow:{tmp_path}/dict/{{split}}/*.arrow"):
       assert sorted(read(dataset, split)[:]) == want, dataset
-  # One Dataset (no splits): a hash split of its rows, every row in one of the two.
+  # One Dataset (no splits), or tables without {split}: a hash split of the rows, every row
+  # in one of the two.
   one = [read(f"hf:{tmp_path}/one", split)[:] for split in ("train", "validation")]
   assert sorted(one[0] + one[1]) == sorted(r["text"] for r in records["train"])
+  both = [read(f"parquet:{tmp_path}/parquet/*.parquet", split)[:]
+          for split in ("train", "validation")]
+  assert both[1] and sorted(both[0] + both[1]) == sorted(
+      r["text"] for rows in records.values() for r in rows)
   # Read as any source: two processes' shards, an iterator restored from its state.
   docs = read(f"hf:{tmp_path}/dict", "train")
   _assert_shards_disjoint_and_cover(docs, tokenizer)

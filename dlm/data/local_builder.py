@@ -151,6 +151,18 @@ def _table_rows(kind: str, path: str, fields: tuple[str, ...]):
       yield row, {f: v or "" for f, v in zip(fields, values)}
 
 
+def _row_count(kind: str, path: str, fields: tuple[str, ...]) -> int:
+  """A table file's rows: from a Parquet file's metadata, else by reading its batches."""
+  if kind == "parquet":
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+    try:
+      return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # pylint: disable=broad-except  (the read below names the problem)
+      pass
+  return sum(1 for _ in _table_rows(kind, path, fields))
+
+
 def make_config(kind: str, pattern: str, document_per: str, validation_fraction: float):
   """Builds the config for a glob, checking that it matches files; raises DlmError if not."""
   if kind not in KINDS:
@@ -220,7 +232,7 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     cfg = self.builder_config
     for path in paths:
       if cfg.kind in TABLES:
-        for row, _ in _table_rows(cfg.kind, path, cfg.fields):
+        for row in range(1, _row_count(cfg.kind, path, cfg.fields) + 1):
           yield f"{path}:{row}"
         continue
       if cfg.kind == "text" and cfg.document_per == "file":
