@@ -16,7 +16,8 @@ import sys
 
 if __name__ == "__main__" and sys.platform == "linux" and "GLIBC_TUNABLES" not in os.environ:
   # XLA:CPU maps each step's temporaries anew; glibc's hugetlb tunable makes them huge pages
-  # (README "Benchmarks"). glibc reads it only at start: run again with it set, once.
+  # (README "Benchmarks"). glibc reads it only at start: run again with it set, once. The
+  # same lines open sample.py: here, before any import of dlm, the first start costs nothing.
   os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
   os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
