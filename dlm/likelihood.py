@@ -119,9 +119,12 @@ def _masked_denoiser(graphdef, params, real):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "mask_id", "group"))
-def _masked(graphdef, params, tokens, real, scored, keys, *, mask_id, group):
-  """The mean term of one stratified group of `group` draws per item (items, width): each
-  item's counts and masks from its own key (keys (items, 2))."""
+def _masked(graphdef, params, tokens, real, scored, key, requests, draws, *, mask_id, group):
+  """The mean term of one stratified group of `group` draws per item (items, width): item i
+  is group `draws[i]` of request `requests[i]`, its counts and masks from
+  fold_in(fold_in(key, request), group)."""
+  keys = jax.vmap(lambda r, d: jax.random.fold_in(jax.random.fold_in(key, r), d))(requests,
+                                                                                 draws)
   counts, row_keys = jax.vmap(lambda k, n: group_draws(k, group, n))(keys, scored.sum(-1))
   rows = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
   terms = masked_terms(_masked_denoiser(graphdef, params, rows(real)), rows(tokens),
@@ -192,17 +195,16 @@ class Scorer:
     scored = real & (np.arange(width) >= n - min(len(continuation), n))
     return tokens, real, scored
 
-  def _run(self, fn, canvases, items, per_call, progress: str | None):
-    """fn(tokens, real, scored, indices) over `items` (canvas indices) in chunks of
-    `per_call` of one width, each chunk padded to `per_call` with copies of its first item;
-    returns the outputs (one per item, in `items`' order)."""
-    out = [None] * len(items)
-    chunks = list(_batches([len(canvases[i][0]) for i in items], per_call))
+  def _run(self, fn, canvases, per_call, progress: str | None):
+    """fn(tokens, real, scored, indices) over every canvas, in chunks of `per_call` of one
+    width, each chunk padded to `per_call` with copies of its first canvas; returns the
+    outputs (one per canvas, in order)."""
+    out = [None] * len(canvases)
+    chunks = list(_batches([len(c[0]) for c in canvases], per_call))
     for chunk in tqdm(chunks, desc=progress, disable=progress is None or len(chunks) < 2):
-      picked = [items[j] for j in chunk]
-      picked += [picked[0]] * (per_call - len(picked))
+      picked = chunk + [chunk[0]] * (per_call - len(chunk))
       arrays = [jnp.asarray(np.stack([canvases[i][k] for i in picked])) for k in range(3)]
-      values = jax.device_get(fn(*arrays, picked))
+      values = jax.device_get(fn(*arrays, np.asarray(picked, np.int32)))
       for row, j in enumerate(chunk):
         out[j] = jax.tree.map(lambda v: v[row], values)
     return out
@@ -213,29 +215,24 @@ class Scorer:
     progress bar over the compiled calls with that description."""
     canvases = [self._canvas(c, y) for c, y in requests]
     first, self._requests = self._requests, self._requests + len(requests)
-    everyone = list(range(len(canvases)))
     if self.family == "autoregressive":
       scores = self._run(lambda t, r, s, _: _autoregressive(self.graphdef, self.params, t, r, s),
-                         canvases, everyone, self.batch_size, progress)
+                         canvases, self.batch_size, progress)
       return [Likelihood(float(v), bool(g), 0.0) for v, g in scores]
     mask_id = self.model.process.mask_id
     group = min(self.samples, self.batch_size)
     groups = math.ceil(self.samples / group)
     key = jax.random.PRNGKey(self.seed)
 
-    def masked(tokens, real, scored, picked):
-      keys = jnp.stack([jax.random.fold_in(jax.random.fold_in(key, first + i // groups),
-                                           i % groups) for i in picked])
-      return _masked(self.graphdef, self.params, tokens, real, scored, keys, mask_id=mask_id,
-                     group=group)
+    def masked(tokens, real, scored, items):  # item i: group i % groups of request i // groups
+      return _masked(self.graphdef, self.params, tokens, real, scored, key,
+                     first + items // groups, items % groups, mask_id=mask_id, group=group)
 
-    # Item i is group i % groups of request i // groups.
     by_item = [canvases[i // groups] for i in range(len(canvases) * groups)]
-    means = self._run(masked, by_item, list(range(len(by_item))),
-                      max(1, self.batch_size // group), progress)
+    means = self._run(masked, by_item, max(1, self.batch_size // group), progress)
     greedy = self._run(lambda t, r, s, _: _greedy(self.graphdef, self.params, t, r, s,
                                                   mask_id=mask_id),
-                       canvases, everyone, self.batch_size, None)
+                       canvases, self.batch_size, None)
     out = []
     for r in range(len(canvases)):
       value, stderr = _mean_and_error([float(m) for m in means[r * groups:(r + 1) * groups]])

@@ -167,6 +167,9 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
   (tmp_path / "few").mkdir()
   for name in ("train_a", "train_b", "validation_a"):
     (tmp_path / f"few/{name}.txt").write_text(f"the document {name} is short\n")
+  import datasets  # pylint: disable=g-import-not-at-top
+
+  datasets.Dataset.from_dict({"n": [1, 2, 3]}).save_to_disk(str(tmp_path / "numbers"))
   data = tmp_path / "prepared"
   cases = [
       (f"text:{tmp_path}/empty/*.txt", [], "empty dataset: the files matching"),
@@ -178,6 +181,9 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
       (f"hf:{tmp_path}/nowhere", [], "no such directory (a Dataset.save_to_disk"),
       ("hf:someowner/nonexistent", [], "cannot open the Hugging Face hub dataset"),
       (f"parquet:{tmp_path}/one/*.txt", [], "a.txt: not a readable parquet file"),
+      (f"arrow:{tmp_path}/one/*.txt", [], "a.txt: not a readable arrow file"),
+      (f"hf:{tmp_path}/one", [], "cannot open the local dataset"),
+      (f"hf:{tmp_path}/numbers", [], "has no string column (columns: ['n'])"),
   ]
   for i, (dataset, extra, message) in enumerate(cases):
     work = tmp_path / f"work{i}"
