@@ -136,6 +136,13 @@ def base_config() -> ConfigDict:
       # arrow:GLOB, or hf:PATH / hf:OWNER/NAME[/CONFIG] (Hugging Face datasets).
       dataset="tfds:python_stdlib/docs",
       data_dir="",  # prepared datasets and cached tokenizers; '' = TFDS default (TFDS_DATA_DIR)
+      # hf: only: read the dataset as it arrives (datasets' streaming mode for a hub dataset)
+      # instead of preparing it; shuffled within windows of shuffle_window documents.
+      streaming=False,
+      shuffle_window=10_000,
+      # Processes that prepare a text/jsonl/parquet/arrow/hf: source (dlm/data/shards.py);
+      # 0 = one per CPU for a source of 64 MB or more, else one.
+      prepare_workers=0,
       text_feature="text",  # the feature (TFDS) or JSON field holding the document text
       # Conditional (source -> target) data, e.g. tfds:python_stdlib/summarize with "source":
       # one row per pair, [bos] source [eos] target [eos] ... (eos-filled), the prefix given.
@@ -320,9 +327,21 @@ def _check_data(data) -> None:
                    f"{stops!r}")
   if not isinstance(data.tokenizer.chat_template, str):
     raise DlmError("data.tokenizer.chat_template must be a string (a Jinja template)")
-  for key in ("streams", "prefetch"):
+  for key in ("streams", "prefetch", "prepare_workers"):
     if not _is_int(data[key]) or data[key] < 0:
       raise DlmError(f"data.{key} must be a non-negative integer, got {data[key]!r}")
+  if not isinstance(data.streaming, bool):
+    raise DlmError(f"data.streaming must be True or False, got {data.streaming!r}")
+  if not _is_int(data.shuffle_window) or data.shuffle_window <= 0:
+    raise DlmError(f"data.shuffle_window must be a positive integer, got "
+                   f"{data.shuffle_window!r}")
+  if data.streaming and not data.dataset.startswith("hf:"):
+    raise DlmError(f"data.streaming reads hf: sources only, not {data.dataset!r}; set "
+                   "data.streaming=False to prepare it")
+  if data.streaming and not data.tokenizer.path and not data.tokenizer.train_documents:
+    raise DlmError("data.streaming with a BPE trained on the data needs "
+                   "data.tokenizer.train_documents > 0 (a streamed corpus is not read whole "
+                   "to train it), or data.tokenizer.path")
 
 
 def _check_train(train) -> None:

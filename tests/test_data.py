@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from dlm import config as config_lib
 from dlm import sharding
-from dlm.data import inputs, pipeline, pyextract, sources, stdlib_builder
+from dlm.data import stream, inputs, pipeline, pyextract, sources, stdlib_builder
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
 from dlm.train import batches
@@ -216,10 +216,16 @@ def test_processes_sharing_a_data_dir_prepare_it_once(quickstart, tmp_path):
           "c = config.from_file('configs/quickstart.py', **json.loads(sys.argv[1])); "
           "print(len(sources.open_split(c.data, 'train')))")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  # Output to files: with pipes read one process at a time, a process that fills its stderr
+  # pipe while holding the lock would block the other for good.
+  files = [(open(tmp_path / f"out{i}", "w+"), open(tmp_path / f"err{i}", "w+")) for i in (0, 1)]
   procs = [subprocess.Popen([sys.executable, "-c", code, json.dumps(data)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for _ in range(2)]
-  outs = [p.communicate(timeout=300) for p in procs]
+                            stdout=out, stderr=err, text=True) for out, err in files]
+  outs = []
+  for p, (out, err) in zip(procs, files):
+    p.wait(timeout=300)
+    out.seek(0), err.seek(0)
+    outs.append((out.read(), err.read()))
   for p, (_, err) in zip(procs, outs):
     assert p.returncode == 0, err[-2000:]
   counts = {int(out.split()[-1]) for out, _ in outs}
@@ -351,6 +357,85 @@ def test_hf_parquet_and_arrow_sources_hold_the_jsonl_documents(quickstart, token
   docs = read(f"hf:{tmp_path}/dict", "train")
   _assert_shards_disjoint_and_cover(docs, tokenizer)
   _assert_restored_iterator_continues_exactly(docs, tokenizer, steps=12, stop=5)
+
+  # Streamed (never prepared): a save_to_disk directory and a Parquet export hold the same
+  # documents, shard over two readers, and restore exactly (over epochs and shuffle windows).
+  streamed = lambda dataset, split: sources.open_split(_config(  # noqa: E731
+      quickstart, **base, **{"data.dataset": dataset, "data.streaming": True,
+                             "data.shuffle_window": 16,
+                             "data.tokenizer.train_documents": 100}).data, split)
+  for split in records:
+    want = sorted(read(f"jsonl:{tmp_path}/jsonl/{{split}}.jsonl", split)[:])
+    for dataset in (f"hf:{tmp_path}/dict", f"hf:{tmp_path}/parquet"):
+      assert sorted(streamed(dataset, split)[:]) == want, dataset
+      assert sorted(read(dataset, split)[:]) == want, dataset
+    assert sorted(streamed(f"hf:{tmp_path}/one", split)[:]) == sorted(one[split == "validation"])
+  for dataset in (f"hf:{tmp_path}/dict", f"hf:{tmp_path}/parquet"):
+    docs = streamed(dataset, "train")
+    assert isinstance(docs, stream.Stream)
+    _assert_shards_disjoint_and_cover(docs, tokenizer)
+    _assert_restored_iterator_continues_exactly(docs, tokenizer, steps=12, stop=5)
+
+
+def test_preparation_in_parallel_pieces_gives_the_documents_of_one_process(
+    quickstart, tmp_path, monkeypatch):
+  """Sources cut into pieces (byte ranges of line files at universal-newline line starts,
+  Parquet row groups, row ranges of a `datasets` Dataset) and written by two spawned workers
+  hold exactly the documents, keys (path:line) and splits that reading each file whole
+  gives."""
+  import datasets
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+
+  from dlm.data import shards
+
+  monkeypatch.setattr(shards, "PIECE_BYTES", 200)  # many pieces from a small corpus
+  (tmp_path / "lines").mkdir()
+  lines = [f"line {i} " + "word " * (i % 9) for i in range(120)]
+  # Universal newlines, as text mode reads them: \n, \r\n and a lone \r end lines.
+  ends = ["\n", "\r\n", "\r", "\n", "\n\n"]
+  raw = "".join(line + ends[i % len(ends)] for i, line in enumerate(lines))
+  (tmp_path / "lines/a.txt").write_bytes(raw.encode())
+  (tmp_path / "lines/b.txt").write_text("\n".join(lines[:7]))
+  (tmp_path / "json").mkdir()
+  (tmp_path / "json/a.jsonl").write_text(
+      "".join(json.dumps({"text": t, "n": i}) + "\n" for i, t in enumerate(lines)))
+  (tmp_path / "pq").mkdir()
+  pq.write_table(pa.table({"text": lines}), tmp_path / "pq/a.parquet", row_group_size=10)
+  datasets.Dataset.from_dict({"text": lines}).save_to_disk(str(tmp_path / "hf"))
+
+  def expected_lines(path):
+    with open(path, encoding="utf-8") as f:
+      return {f"{path}:{n}": line.rstrip("\n") for n, line in enumerate(f, 1) if line.strip()}
+
+  sources_ = {
+      f"text:{tmp_path}/lines/*.txt": {
+          **expected_lines(tmp_path / "lines/a.txt"), **expected_lines(tmp_path / "lines/b.txt")},
+      f"jsonl:{tmp_path}/json/*.jsonl": {
+          k: json.loads(v)["text"] for k, v in expected_lines(tmp_path / "json/a.jsonl").items()},
+      f"parquet:{tmp_path}/pq/*.parquet": {
+          f"{tmp_path}/pq/a.parquet:{i + 1}": t for i, t in enumerate(lines)},
+      f"hf:{tmp_path}/hf": None,
+  }
+  for dataset, want in sources_.items():
+    got = {}
+    for workers in (1, 2):
+      cfg = _config(quickstart, **{"data.dataset": dataset, "data.document_per": "line",
+                                   "data.prepare_workers": workers,
+                                   "data.data_dir": str(tmp_path / f"tfds{workers}")}).data
+      b = sources.builder(cfg)
+      assert len(b._pieces()) > 2, dataset  # pylint: disable=protected-access
+      splits = {}
+      for split in ("train", "validation"):
+        docs = sources.open_split(cfg, split)
+        splits[split] = sorted((docs.record(i).get("path", ""), docs[i])
+                               for i in range(len(docs)))
+      got[workers] = splits
+    assert got[1] == got[2], dataset
+    if want is not None:
+      assert dict(got[1]["train"] + got[1]["validation"]) == want, dataset
+    else:
+      assert sorted(t for _, t in got[1]["train"] + got[1]["validation"]) == sorted(lines)
 
 
 def test_epochs_are_reshuffled(quickstart, tokenizer):

@@ -113,6 +113,12 @@ def test_bad_configs_are_refused_before_any_work(tmp_path):
       (["--config=configs/quickstart.py", "--workdir=gs://bucket/run"], "is not a local path"),
       (quick + [f"--config.data.tokenizer.path={tmp_path}"],
        "is a directory without a tokenizer.json"),
+      (quick + ["--config.data.streaming=True", "--config.data.tokenizer.train_documents=9"],
+       "data.streaming reads hf: sources only, not 'tfds:python_stdlib/docs'"),
+      (quick + ["--config.data.shuffle_window=0"],
+       "data.shuffle_window must be a positive integer, got 0"),
+      (quick + ["--config.data.dataset=hf:owner/name", "--config.data.streaming=True"],
+       "data.streaming with a BPE trained on the data needs data.tokenizer.train_documents"),
   ]
   with concurrent.futures.ThreadPoolExecutor(4) as pool:
     procs = list(pool.map(lambda case: _run(["train.py", *case[0]]), cases))
@@ -170,10 +176,21 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
   import datasets  # pylint: disable=g-import-not-at-top
 
   datasets.Dataset.from_dict({"n": [1, 2, 3]}).save_to_disk(str(tmp_path / "numbers"))
+  datasets.Dataset.from_dict({"text": ["some words"] * 40}).save_to_disk(str(tmp_path / "texts"))
+  string = datasets.Features({"text": datasets.Value("string")})
+  for name, table, features in (("rowless", {"text": []}, string), ("ints", {"n": [1]}, None)):
+    (tmp_path / name).mkdir()
+    datasets.Dataset.from_dict(table, features).to_parquet(str(tmp_path / f"{name}/a.parquet"))
+  (tmp_path / "zero").mkdir()
+  (tmp_path / "zero/a.parquet").write_bytes(b"")
+  streamed = ["--config.data.streaming=True", "--config.data.tokenizer.train_documents=10"]
   data = tmp_path / "prepared"
   cases = [
       (f"text:{tmp_path}/empty/*.txt", [], "empty dataset: the files matching"),
       (f"text:{tmp_path}/utf/*.txt", ["--config.data.document_per=line"],
+       f"{tmp_path}/utf/b.txt: not valid UTF-8 (line 2, byte 14"),
+      (f"text:{tmp_path}/utf/*.txt",  # found by one of two worker processes
+       ["--config.data.document_per=line", "--config.data.prepare_workers=2"],
        f"{tmp_path}/utf/b.txt: not valid UTF-8 (line 2, byte 14"),
       (f"text:{tmp_path}/one/*.txt", [], "has no 'validation' documents: the hash split"),
       (f"text:{tmp_path}/few/{{split}}_*.txt", ["--config.data.streams=4"],
@@ -182,8 +199,14 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
       ("hf:someowner/nonexistent", [], "cannot open the Hugging Face hub dataset"),
       (f"parquet:{tmp_path}/one/*.txt", [], "a.txt: not a readable parquet file"),
       (f"arrow:{tmp_path}/one/*.txt", [], "a.txt: not a readable arrow file"),
-      (f"hf:{tmp_path}/one", [], "cannot open the local dataset"),
+      (f"hf:{tmp_path}/one", [], "has no split 'validation' (splits: ['train'])"),
       (f"hf:{tmp_path}/numbers", [], "has no string column (columns: ['n'])"),
+      (f"parquet:{tmp_path}/rowless/*.parquet", [], "empty dataset: the files matching parquet:"),
+      (f"parquet:{tmp_path}/zero/*.parquet", [], "a.parquet: not a readable parquet file"),
+      (f"parquet:{tmp_path}/ints/*.parquet", [], "a.parquet) has no string column"),
+      (f"hf:{tmp_path}/texts", [*streamed, "--config.data.eval_split=test"],
+       "has no split 'test' (splits: ['train', 'validation']"),
+      ("hf:someowner/nonexistent", streamed, "cannot open the Hugging Face hub dataset"),
   ]
   for i, (dataset, extra, message) in enumerate(cases):
     work = tmp_path / f"work{i}"
@@ -281,6 +304,37 @@ def test_resuming_an_earlier_step_and_refusing_mismatches(reference, data_dir, t
   losses = metrics_log.losses(run)
   assert [losses[s] for s in range(1, STEPS + 1)] == pytest.approx(
       [ref_losses[s] for s in range(1, STEPS + 1)], rel=1e-6)
+
+
+def test_a_streamed_dataset_trains_and_resumes_with_the_same_losses(tmp_path):
+  """`data.streaming`: trained from an hf: directory never prepared; stopped at step 3 and
+  resumed, the data order (each stream's `datasets` position and shuffle window) continues
+  as in an uninterrupted run."""
+  import datasets  # pylint: disable=g-import-not-at-top
+
+  words = "the of and a to in is was for on that with as by it at from his an were".split()
+  rng = np.random.default_rng(0)
+  docs = {split: [" ".join(rng.choice(words, rng.integers(5, 40))) for _ in range(n)]
+          for split, n in (("train", 400), ("validation", 40))}
+  datasets.DatasetDict({s: datasets.Dataset.from_dict({"text": d}) for s, d in docs.items()}
+                       ).save_to_disk(str(tmp_path / "corpus"))
+  streamed = [f"--config.data.dataset=hf:{tmp_path}/corpus", "--config.data.streaming=True",
+              "--config.data.shuffle_window=64", "--config.data.tokenizer.train_documents=100",
+              "--config.data.tokenizer.vocab_size=300"]
+  data = tmp_path / "data"
+  whole, parts = tmp_path / "whole", tmp_path / "parts"
+  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+    procs = list(pool.map(_run, [_train_args(whole, data, *streamed, steps=6),
+                                 _train_args(parts, data, *streamed, steps=3)]))
+  for proc in procs:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert not (data / "hf_dataset").exists()  # nothing prepared
+  proc = _run(_train_args(parts, data, *streamed, steps=6))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "data order continues at batch 3" in proc.stderr
+  want, got = metrics_log.losses(whole), metrics_log.losses(parts)
+  assert [got[s] for s in range(1, 7)] == pytest.approx([want[s] for s in range(1, 7)],
+                                                        rel=1e-6)
 
 
 # Signals, a second process, non-finite steps, a failing evaluation ------------------------

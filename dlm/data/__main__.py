@@ -86,23 +86,33 @@ def pair_example(pairs, tokenizer, seq_len: int, source_len: int, padding: str =
   }
 
 
+STREAMED_DOCUMENTS = 1000  # a streamed split's documents counted (it is not read whole)
+
+
+def _split(data, split: str, pairs: bool = False):
+  """A split to count: the prepared one, or a streamed one's first documents."""
+  docs = inputs.open_pairs(data, split) if pairs else sources.open_split(data, split)
+  return docs[:STREAMED_DOCUMENTS] if data.streaming else docs
+
+
 def inspect(config) -> dict:
+  config_lib.validate(config)
   data = config.data
   tokenizer = inputs.load_tokenizer(data)
   if data.source_feature:
     return inspect_pairs(config, tokenizer)
   splits = {}
   for split in (data.train_split, data.eval_split):
-    docs = sources.open_split(data, split)
+    docs = _split(data, split)
     splits[split] = split_stats(docs, tokenizer, check_roundtrip=split == data.eval_split)
-  eval_docs = sources.open_split(data, data.eval_split)
-  example = eval_docs.record(0)
+  example = sources.open_split(data, data.eval_split).record(0)
   ids = tokenizer.encode(example[data.text_feature])[:64]
   total_tokens = sum(s["tokens"] for s in splits.values())
   total_bytes = sum(s["bytes"] for s in splits.values())
   return {
-      "dataset": sources.builder(data).info.full_name,
+      "dataset": sources.dataset_name(data),
       "source": data.dataset,
+      **_streamed(data),
       "splits": splits,
       "bytes_per_token": round(total_bytes / total_tokens, 4),
       "vocab_size": tokenizer.vocab_size,
@@ -120,14 +130,15 @@ def inspect_pairs(config, tokenizer) -> dict:
   source_len = config_lib.source_budget(data.seq_len, data.source_len)
   splits = {}
   for split in (data.train_split, data.eval_split):
-    pairs = inputs.open_pairs(data, split)
+    pairs = _split(data, split, pairs=True)
     splits[split] = pair_stats(pairs, tokenizer, data.seq_len, source_len,
                                check_roundtrip=split == data.eval_split)
   total_tokens = sum(s["tokens"] for s in splits.values())
   total_bytes = sum(s["bytes"] for s in splits.values())
   return {
-      "dataset": sources.builder(data).info.full_name,
+      "dataset": sources.dataset_name(data),
       "source": data.dataset,
+      **_streamed(data),
       "pairs": {"source_feature": data.source_feature, "target_feature": data.target_feature,
                 "seq_len": data.seq_len, "source_len": source_len},
       "splits": splits,
@@ -137,6 +148,11 @@ def inspect_pairs(config, tokenizer) -> dict:
       "example": pair_example(inputs.open_pairs(data, data.eval_split), tokenizer, data.seq_len,
                               source_len, data.response_padding),
   }
+
+
+def _streamed(data) -> dict:
+  return {"streamed": f"counts of each split's first {STREAMED_DOCUMENTS} documents"
+          } if data.streaming else {}
 
 
 def main(argv):

@@ -19,7 +19,7 @@ import os
 import jax
 from jax.experimental import multihost_utils
 
-from dlm.data import pipeline, sources
+from dlm.data import pipeline, sources, stream
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
 
@@ -39,9 +39,8 @@ def open_pairs(data_cfg, split: str) -> sources.Documents:
 
 
 def bpe_cache_path(data_cfg) -> str:
-  b = sources.builder(data_cfg)
   t = data_cfg.tokenizer
-  name = b.info.full_name.replace("/", "_").replace(":", "_")
+  name = sources.dataset_name(data_cfg).replace("/", "_").replace(":", "_")
   if data_cfg.source_feature:  # trained on both sides of the pairs
     name += f"-{data_cfg.source_feature}+{data_cfg.target_feature}"
   limit = f"-docs{t.train_documents}" if t.train_documents else ""
@@ -76,15 +75,19 @@ def _bpe_texts(data_cfg):
   both sides), `data.tokenizer.train_documents` of them (0 = all)."""
   limit = data_cfg.tokenizer.train_documents
   docs = documents(data_cfg, data_cfg.train_split)
-  n = min(len(docs), limit) if limit else len(docs)
+  if isinstance(docs, stream.Stream):  # limit > 0 (config.validate checks)
+    head = docs[:limit]
+    docs, n = head, len(head)
+  else:
+    n = min(len(docs), limit) if limit else len(docs)
   if data_cfg.source_feature:
     return (text for i in range(n) for text in docs[i]), 2 * n
   return (docs[i] for i in range(n)), n
 
 
-def documents(data_cfg, split: str) -> sources.Documents:
-  """One split's documents, prepared if needed: (source, target) pairs with
-  `data.source_feature`, else texts."""
+def documents(data_cfg, split: str) -> sources.Documents | stream.Stream:
+  """One split's documents, prepared if needed (or streamed, `data.streaming`): (source,
+  target) pairs with `data.source_feature`, else texts."""
   if data_cfg.source_feature:
     return open_pairs(data_cfg, split)
   return sources.open_split(data_cfg, split)

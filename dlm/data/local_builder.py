@@ -21,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 import glob as globlib
 import hashlib
+import io
 import json
 import os
 
 import tensorflow_datasets as tfds
 
+from dlm.data import shards
 from dlm.data.stdlib_builder import split_of
 from dlm.errors import DlmError, one_line
 
@@ -95,27 +97,17 @@ def _read(path: str) -> str:
     raise _not_utf8(path) from None
 
 
-def _jsonl_records(path: str):
-  for lineno, line in _lines(path):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DlmError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(record, dict):
-      raise DlmError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-    yield lineno, record
-
-
-def _record_batches(kind: str, path: str):
-  """A Parquet or Arrow file's record batches; a file of another kind is a DlmError."""
+def _record_batches(kind: str, path: str, groups: tuple[int, int] | None = None):
+  """A Parquet or Arrow file's record batches (of Parquet row groups [a, b) only, if given);
+  a file of another kind is a DlmError."""
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
   import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
   try:
     if kind == "parquet":
-      yield from pq.ParquetFile(path).iter_batches(batch_size=BATCH)
+      f = pq.ParquetFile(path)
+      yield from f.iter_batches(batch_size=BATCH,
+                                row_groups=range(*groups) if groups else None)
       return
     try:
       reader = pa.ipc.open_stream(pa.memory_map(path))
@@ -128,19 +120,35 @@ def _record_batches(kind: str, path: str):
 
 
 def _schema_strings(kind: str, path: str) -> tuple[str, ...]:
+  """The string columns of a table file's schema (a file of no rows has one too)."""
   import pyarrow as pa  # pylint: disable=g-import-not-at-top
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
 
-  batch = next(iter(_record_batches(kind, path)), None)
-  if batch is None:
-    return ()
-  return tuple(sorted(f.name for f in batch.schema
+  try:
+    if kind == "parquet":
+      schema = pq.read_schema(path)
+    else:
+      try:
+        schema = pa.ipc.open_stream(pa.memory_map(path)).schema
+      except pa.ArrowInvalid:  # the random-access file format
+        schema = pa.ipc.open_file(pa.memory_map(path)).schema
+  except (pa.ArrowException, OSError) as e:
+    raise DlmError(f"{path}: not a readable {kind} file ({one_line(e)})") from None
+  return tuple(sorted(f.name for f in schema
                       if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)))
 
 
-def _table_rows(kind: str, path: str, fields: tuple[str, ...]):
-  """(row number, {field: text}) of a Parquet or Arrow file, one record batch at a time."""
+def _table_rows(kind: str, path: str, fields: tuple[str, ...],
+                groups: tuple[int, int] | None = None):
+  """(row number, {field: text}) of a Parquet or Arrow file (of Parquet row groups [a, b)
+  only, if given), one record batch at a time."""
   row = 0
-  for batch in _record_batches(kind, path):
+  if groups and groups[0]:
+    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+    meta = pq.ParquetFile(path).metadata
+    row = sum(meta.row_group(g).num_rows for g in range(groups[0]))
+  for batch in _record_batches(kind, path, groups):
     missing = [f for f in fields if f not in batch.schema.names]
     if missing:
       raise DlmError(f"{path}: no column(s) {missing} (the first file's string columns are "
@@ -151,16 +159,73 @@ def _table_rows(kind: str, path: str, fields: tuple[str, ...]):
       yield row, {f: v or "" for f, v in zip(fields, values)}
 
 
-def _row_count(kind: str, path: str, fields: tuple[str, ...]) -> int:
-  """A table file's rows: from a Parquet file's metadata, else by reading its batches."""
-  if kind == "parquet":
-    import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+def _line_ranges(path: str) -> list[tuple[int, int | None, int]]:
+  """Byte ranges of a line-based file, each starting at a line, of about `shards.PIECE_BYTES`,
+  with the number of their first line: (start, end, first line). One pass over the file; one
+  range, (0, None, 1), for a smaller file."""
+  if os.path.getsize(path) <= shards.PIECE_BYTES:
+    return [(0, None, 1)]
+  ranges, start, line = [], 0, 1
+  with open(path, "rb") as f:
+    while True:
+      chunk = f.read(shards.PIECE_BYTES) + f.readline()  # ends after a \n, or at the end
+      if not chunk:
+        break
+      ranges.append((start, start + len(chunk), line))
+      start += len(chunk)
+      line += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+  ranges[-1] = ranges[-1][:1] + (None,) + ranges[-1][2:]
+  return ranges
 
+
+def _range_lines(path: str, start: int, end: int | None, first: int = 1):
+  """(line number, line) of the lines in bytes [start, end) of a UTF-8 file, the first
+  numbered `first`, as `_lines` gives them (the whole file when the range is (0, None))."""
+  if (start, end) == (0, None):
+    yield from _lines(path)
+    return
+  with open(path, "rb") as f:
+    f.seek(start)
+    raw = f.read() if end is None else f.read(end - start)
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    raise _not_utf8(path) from None
+  yield from enumerate(io.StringIO(text, newline=None), first)
+
+
+def _jsonl_records(path: str, start: int = 0, end: int | None = None, first: int = 1):
+  for lineno, line in _range_lines(path, start, end, first):
+    if not line.strip():
+      continue
     try:
-      return pq.ParquetFile(path).metadata.num_rows
-    except Exception:  # pylint: disable=broad-except  (the read below names the problem)
-      pass
-  return sum(1 for _ in _table_rows(kind, path, fields))
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DlmError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(record, dict):
+      raise DlmError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+    yield lineno, record
+
+
+def _row_group_ranges(path: str) -> list[tuple[int, int]]:
+  """Ranges of a Parquet file's row groups of about `shards.PIECE_BYTES` each."""
+  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+  try:
+    meta = pq.ParquetFile(path).metadata
+  except Exception:  # pylint: disable=broad-except  (reading it names the problem)
+    return [(0, 1)]
+  if not meta.num_row_groups:
+    return []
+  ranges, start, size = [], 0, 0
+  for g in range(meta.num_row_groups):
+    size += meta.row_group(g).total_byte_size
+    if size >= shards.PIECE_BYTES:
+      ranges.append((start, g + 1))
+      start, size = g + 1, 0
+  if start < meta.num_row_groups:
+    ranges.append((start, meta.num_row_groups))
+  return ranges
 
 
 def make_config(kind: str, pattern: str, document_per: str, validation_fraction: float):
@@ -190,8 +255,7 @@ def make_config(kind: str, pattern: str, document_per: str, validation_fraction:
     first_file = next(p for paths in files.values() for p in paths)
     fields = _schema_strings(kind, first_file)
     if not fields:
-      raise DlmError(f"{kind}:{pattern}: the first file ({first_file}) has no string column "
-                     "or no rows")
+      raise DlmError(f"{kind}:{pattern}: the first file ({first_file}) has no string column")
   digest = hashlib.sha256()
   digest.update(repr((kind, pattern, document_per, validation_fraction, fields)).encode())
   for paths in files.values():
@@ -210,8 +274,9 @@ def make_config(kind: str, pattern: str, document_per: str, validation_fraction:
   )
 
 
-class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Documents from local text or JSONL files."""
+class LocalFiles(shards.ShardedBuilder, skip_registration=True):
+  """Documents from local text, JSONL, Parquet or Arrow files, prepared in pieces (a file, a
+  range of a long line-based file, Parquet row groups) by parallel workers (`shards`)."""
 
   VERSION = tfds.core.Version("1.1.0")
   RELEASE_NOTES = {"1.1.0": "hash split keys relative to the glob's fixed directory"}
@@ -224,71 +289,75 @@ class LocalFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         description=cfg.description, features=tfds.features.FeaturesDict(features)
     )
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {s: self._generate_examples(s) for s in self._nonempty_splits()}
+  def _source_bytes(self) -> int:
+    return sum(os.path.getsize(p) for paths in self.builder_config.files.values() for p in paths)
 
-  def _keys(self, paths):
+  def _pieces(self) -> list[tuple]:
+    """(split or '*', path, range): a byte range of a line-based file, row groups of a
+    Parquet file, or None (the whole file)."""
     cfg = self.builder_config
-    for path in paths:
-      if cfg.kind in TABLES:
-        for row in range(1, _row_count(cfg.kind, path, cfg.fields) + 1):
-          yield f"{path}:{row}"
-        continue
-      if cfg.kind == "text" and cfg.document_per == "file":
-        if _read(path).strip():
-          yield path
-        continue
-      for lineno, line in _lines(path):
+    by_lines = cfg.kind == "jsonl" or (cfg.kind == "text" and cfg.document_per == "line")
+    pieces = []
+    for split, paths in cfg.files.items():
+      for path in paths:
+        if by_lines:
+          pieces += [(split, path, r) for r in _line_ranges(path)]
+        elif cfg.kind == "parquet":
+          pieces += [(split, path, r) for r in _row_group_ranges(path)]
+        else:
+          pieces.append((split, path, None))
+    return pieces
+
+  def _piece_bytes(self, piece) -> int:
+    _, path, part = piece
+    if not part:
+      return os.path.getsize(path)
+    if self.builder_config.kind == "parquet":  # row groups [a, b): their share of the file
+      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+
+      groups = max(1, pq.ParquetFile(path).metadata.num_row_groups)
+      return os.path.getsize(path) * (part[1] - part[0]) // groups
+    start, end, _ = part
+    return (os.path.getsize(path) if end is None else end) - start
+
+  def _piece_examples(self, piece):
+    split, path, part = piece
+    cfg = self.builder_config
+    root = _root(cfg.pattern)
+    for key, features in self._documents(path, part):
+      if split == "*":
+        yield split_of(_split_key(key, root), cfg.validation_fraction), {**features, "path": key}
+      else:
+        yield split, {**features, "path": key}
+
+  def _documents(self, path: str, part):
+    cfg = self.builder_config
+    if cfg.kind == "jsonl":
+      for lineno, record in _jsonl_records(path, *part):
+        missing = [f for f in cfg.fields if not isinstance(record.get(f), str)]
+        if missing:
+          raise DlmError(f"{path}:{lineno}: record lacks string field(s) {missing}")
+        yield f"{path}:{lineno}", {f: record[f] for f in cfg.fields}
+    elif cfg.kind in TABLES:
+      for row, features in _table_rows(cfg.kind, path, cfg.fields, part):
+        yield f"{path}:{row}", features
+    elif cfg.document_per == "line":
+      for lineno, line in _range_lines(path, *part):
         if line.strip():
-          yield f"{path}:{lineno}"
+          yield f"{path}:{lineno}", {"text": line.rstrip("\n")}
+    else:
+      text = _read(path)
+      if text.strip():  # an empty file is no document
+        yield path, {"text": text}
 
-  def _nonempty_splits(self) -> list[str]:
-    """TFDS cannot write an empty split: a hash split of few documents may leave one empty
-    (`sources.open_split` then says so). No document at all is an error here."""
+  def _check_prepared(self, counts: dict[str, int]) -> None:
+    """No document at all is an error; so is an empty split named by `{split}`. (An empty
+    split of a hash split is left out: `sources.open_split` then says so.)"""
     cfg = self.builder_config
-    found = {split: any(True for _ in self._keys(paths)) for split, paths in cfg.files.items()}
-    if not any(found.values()):
+    if not sum(counts.values()):
       raise DlmError(f"empty dataset: the files matching {cfg.description} hold no text")
     if "*" not in cfg.files:
-      empty = [s for s, any_doc in found.items() if not any_doc]
+      empty = [s for s in SPLITS if not counts.get(s)]
       if empty:
         raise DlmError(f"empty dataset: the {empty[0]!r} files matching {cfg.description} "
                        "hold no text")
-      return list(SPLITS)
-    root = _root(cfg.pattern)
-    splits = {split_of(_split_key(k, root), cfg.validation_fraction)
-              for k in self._keys(cfg.files["*"])}
-    return [s for s in SPLITS if s in splits]
-
-  def _documents(self, paths):
-    cfg = self.builder_config
-    for path in paths:
-      if cfg.kind == "jsonl":
-        for lineno, record in _jsonl_records(path):
-          missing = [f for f in cfg.fields if not isinstance(record.get(f), str)]
-          if missing:
-            raise DlmError(f"{path}:{lineno}: record lacks string field(s) {missing}")
-          yield f"{path}:{lineno}", {**{f: record[f] for f in cfg.fields}}
-      elif cfg.kind in TABLES:
-        for row, features in _table_rows(cfg.kind, path, cfg.fields):
-          yield f"{path}:{row}", features
-      elif cfg.document_per == "line":
-        for lineno, line in _lines(path):
-          if line.strip():
-            yield f"{path}:{lineno}", {"text": line.rstrip("\n")}
-      else:
-        text = _read(path)
-        if text.strip():  # an empty file is no document
-          yield path, {"text": text}
-
-  def _generate_examples(self, split: str):
-    cfg = self.builder_config
-    if "*" in cfg.files:
-      root = _root(cfg.pattern)
-      for key, features in self._documents(cfg.files["*"]):
-        if split_of(_split_key(key, root), cfg.validation_fraction) == split:
-          yield key, {**features, "path": key}
-    else:
-      for key, features in self._documents(cfg.files[split]):
-        yield key, {**features, "path": key}

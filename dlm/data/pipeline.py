@@ -28,7 +28,9 @@ pad_0 ..`: every pad position is still a real token to predict.
 
 Documents are sharded before anything else: process (or stream) `i` of `n` reads documents
 `i, i+n, ...`; training shuffles them with `data.seed`, anew each epoch. A grain iterator's
-state (a small dict) saves and restores the exact position in the stream.
+state (a small dict) saves and restores the exact position in the stream. A streamed split
+(`stream.Stream`, `data.streaming`) is sharded by `datasets` and shuffled within windows of
+`data.shuffle_window` documents instead (dlm/data/stream.py).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import numpy as np
 
 from dlm import config as config_lib
 from dlm import sharding
+from dlm.data import stream
 from dlm.data.tokenizer import Tokenizer
 from dlm.errors import DlmError
 
@@ -235,7 +238,7 @@ def check_seq_len(seq_len: Any) -> int:
 
 
 def dataset(
-    documents: Sequence[str],
+    documents: Sequence[str] | stream.Stream,
     tokenizer: Tokenizer,
     *,
     seq_len: int,
@@ -270,24 +273,31 @@ def dataset(
     raise DlmError(f"data.packing must be 'concat' or 'pad', got {packing!r}")
   if batch_size <= 0:
     raise DlmError(f"the per-process batch size must be positive, got {batch_size}")
-  ds = grain.MapDataset.source(documents)[process_index::process_count]
-  if len(ds) == 0:
-    raise DlmError(
-        f"empty dataset: process {process_index} of {process_count} gets no documents "
-        f"(the split holds {len(documents)})"
-    )
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  if num_epochs != 1:
-    ds = ds.repeat(num_epochs)
-  read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD)
   if pairs:
-    ds = ds.map(_PairRows(tokenizer, seq_len, source_len, response_padding))
+    rows = _PairRows(tokenizer, seq_len, source_len, response_padding)
   elif pretokenized:
-    ds = ds.map(_IdRows(seq_len, tokenizer.pad_id))
+    rows = _IdRows(seq_len, tokenizer.pad_id)
   else:
-    ds = ds.map(_Tokenize(tokenizer, add_bos))
-  ds = ds.to_iter_dataset(read)
+    rows = _Tokenize(tokenizer, add_bos)
+  if isinstance(documents, stream.Stream):
+    ds = documents.dataset(process_index, process_count, num_epochs)
+    if shuffle:
+      ds = grain.experimental.WindowShuffleIterDataset(ds, window_size=documents.window,
+                                                       seed=seed)
+    ds = ds.map(rows)
+  else:
+    ds = grain.MapDataset.source(documents)[process_index::process_count]
+    if len(ds) == 0:
+      raise DlmError(
+          f"empty dataset: process {process_index} of {process_count} gets no documents "
+          f"(the split holds {len(documents)})"
+      )
+    if shuffle:
+      ds = ds.shuffle(seed=seed)
+    if num_epochs != 1:
+      ds = ds.repeat(num_epochs)
+    read = grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD)
+    ds = ds.map(rows).to_iter_dataset(read)
   if not (pairs or pretokenized):
     if packing == "concat":
       ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len})

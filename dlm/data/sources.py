@@ -11,7 +11,8 @@
   dataset (`dlm/data/hf_builder.py`).
 
 Every source ends as a TFDS builder prepared as array_record and read with its data source: no
-TensorFlow at run time, and one reading path for all of them.
+TensorFlow at run time, and one reading path for all of them. The exception is an `hf:` source
+with `data.streaming=True`: read as it arrives, never prepared (`dlm/data/stream.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import jax
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from dlm.data import hf_builder, local_builder
+from dlm.data import hf_builder, local_builder, stream
 from dlm.data import stdlib_builder  # noqa: F401  (registers python_stdlib with TFDS)
 from dlm.errors import DlmError, one_line
 
@@ -39,6 +40,14 @@ FORMS = "tfds:NAME, text:GLOB, jsonl:GLOB, parquet:GLOB, arrow:GLOB or hf:NAME"
 def data_dir(cfg) -> str:
   """Where prepared datasets live: `data.data_dir`, else TFDS's default (TFDS_DATA_DIR)."""
   return os.path.expanduser(cfg.data_dir) if cfg.data_dir else tfds.core.constants.DATA_DIR
+
+
+def dataset_name(cfg) -> str:
+  """A name for `cfg.dataset` that changes when its contents do (the prepared builder's, or a
+  streamed dataset's fingerprint)."""
+  if cfg.streaming:  # an hf: source (config.validate checks)
+    return hf_builder.make_config(cfg.dataset[3:], cfg.validation_fraction, True).name
+  return builder(cfg).info.full_name
 
 
 def builder(cfg) -> tfds.core.DatasetBuilder:
@@ -59,17 +68,17 @@ def builder(cfg) -> tfds.core.DatasetBuilder:
              if "huggingface" in rest else "")
       raise DlmError(f"cannot open dataset {spec!r}{hub}: {one_line(e)}") from None
   if scheme == "hf":
-    return hf_builder.HfDataset(config=hf_builder.make_config(rest, cfg.validation_fraction),
-                                data_dir=data_dir(cfg), file_format="array_record")
-  if scheme in local_builder.KINDS:
-    config = local_builder.make_config(
-        scheme, rest, cfg.document_per, cfg.validation_fraction
-    )
-    return local_builder.LocalFiles(
-        config=config, data_dir=data_dir(cfg), file_format="array_record"
-    )
-  raise DlmError(f"unknown dataset source {scheme!r} in data.dataset={spec!r}; "
-                 f"expected {FORMS}")
+    b = hf_builder.HfDataset(config=hf_builder.make_config(rest, cfg.validation_fraction),
+                             data_dir=data_dir(cfg), file_format="array_record")
+  elif scheme in local_builder.KINDS:
+    config = local_builder.make_config(scheme, rest, cfg.document_per, cfg.validation_fraction)
+    b = local_builder.LocalFiles(config=config, data_dir=data_dir(cfg),
+                                 file_format="array_record")
+  else:
+    raise DlmError(f"unknown dataset source {scheme!r} in data.dataset={spec!r}; "
+                   f"expected {FORMS}")
+  b.workers = cfg.prepare_workers
+  return b
 
 
 def prepare(cfg) -> tfds.core.DatasetBuilder:
@@ -164,17 +173,28 @@ class Documents(Sequence):
             for k, v in self.source[index].items()}
 
 
-def open_split(cfg, split: str, *, feature: str | tuple[str, ...] | None = None,
-               keys: tuple[str, ...] = ("text_feature",)) -> Documents:
-  """Prepares the dataset if needed and returns one split's documents (of `feature`, default
-  `data.text_feature`; `keys` name the config keys that chose the features, for errors)."""
-  b = prepare(cfg)
-  feature = feature or cfg.text_feature
-  features = b.info.features
+def _check_features(cfg, features, feature, keys) -> None:
   for name, key in zip((feature,) if isinstance(feature, str) else feature, keys):
     if name not in features:
       raise DlmError(f"dataset {cfg.dataset!r} has no feature {name!r} (features: "
                      f"{sorted(features)}); set data.{key}")
+
+
+def open_split(cfg, split: str, *, feature: str | tuple[str, ...] | None = None,
+               keys: tuple[str, ...] = ("text_feature",)) -> Documents | stream.Stream:
+  """Prepares the dataset if needed and returns one split's documents (of `feature`, default
+  `data.text_feature`; `keys` name the config keys that chose the features, for errors); with
+  `data.streaming`, the split as a `stream.Stream`."""
+  feature = feature or cfg.text_feature
+  if cfg.streaming:  # an hf: source (config.validate checks)
+    hf = hf_builder.make_config(cfg.dataset[3:], cfg.validation_fraction, True)
+    _check_features(cfg, hf.fields, feature, keys)
+    if split not in hf_builder.splits_of(hf):
+      raise DlmError(f"streamed dataset {cfg.dataset!r} has no split {split!r} (splits: "
+                     f"{sorted(hf_builder.splits_of(hf))}; a streamed split is read whole)")
+    return stream.Stream(hf, split, feature, cfg.shuffle_window)
+  b = prepare(cfg)
+  _check_features(cfg, b.info.features, feature, keys)
   base = split.split("[")[0]
   if base not in b.info.splits:
     files = getattr(b.builder_config, "files", {})

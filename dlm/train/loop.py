@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from dlm import config as config_lib
 from dlm import distributed, models, registry, sharding
-from dlm.data import inputs
+from dlm.data import inputs, sources
 from dlm.errors import DlmError, one_line
 from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
@@ -259,6 +259,8 @@ def _check_splits(config) -> None:
     raise DlmError("data.eval_split is empty: there is no split to evaluate on")
   inputs.documents(data, data.eval_split)
   train_docs = inputs.documents(data, data.train_split)
+  if not isinstance(train_docs, sources.Documents):  # streamed: a reader with none says so
+    return
   if data.streams > len(train_docs):
     raise DlmError(f"data.streams={data.streams} needs at least as many training documents; "
                    f"the split holds {len(train_docs)}")
