@@ -132,13 +132,13 @@ TINY_BERT = encoders.BertConfig(vocab_size=V, hidden_size=16, num_hidden_layers=
                                 max_position_embeddings=32)
 
 
-def _tiny_model(seed=0, **overrides):
+def _tiny_model(seed=0, p_u=0.0, **overrides):
   from dlm.models.transformer import TransformerConfig
 
   net = TransformerConfig(vocab_size=V, width=32, depth=2, heads=2, cond_width=16,
                           head_init_std=0.1)
-  process = GiddProcess(MaskingSchedule("linear"), MASK, V)
-  cfg = ccdd.CCDDConfig(latent_dim=8, **overrides)
+  process = GiddProcess(MaskingSchedule("linear"), MASK, V, p_uniform=p_u)
+  cfg = ccdd.CCDDConfig(latent_dim=8, p_uniform=p_u, **overrides)
   model = ccdd.CCDD(net, process, cfg, TINY_BERT, nnx.Rngs(seed))
   # Random "pretrained" encoder weights, so that z0 carries information about the tokens.
   tiny_fit.randomize_encoder(model.encoder, seed + 7, 0.3)
@@ -169,16 +169,43 @@ def test_guidance_with_w_one_is_the_conditional_prediction():
   assert np.all(np.isneginf(np.asarray(w2)[..., MASK]))
 
 
-def test_tiny_ccdd_learns_and_keeps_its_encoder():
-  model = _tiny_model(p_drop_z=0.0)
+@pytest.mark.parametrize("weighting, p_u, prompt", [
+    ("elbo", 0.0, 0), ("dynamic", 0.0, 0), ("dynamic", 0.2, 3)])
+def test_tiny_ccdd_learns_and_keeps_its_encoder(weighting, p_u, prompt):
+  model = _tiny_model(p_drop_z=0.0, p_u=p_u, loss_weighting=weighting)
   x = jnp.tile(jnp.arange(10) % (V - 1), (8, 1))
   batch = {"tokens": x, "segment_ids": jnp.ones_like(x), "positions": jnp.broadcast_to(
-      jnp.arange(10), x.shape), "given": jnp.zeros(x.shape, bool)}
+      jnp.arange(10), x.shape), "given": jnp.zeros(x.shape, bool).at[:, :prompt].set(True)}
   _, losses, metrics, params = tiny_fit.fit(model, batch, 60)
+  assert np.isfinite(losses).all()
   assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10]), losses
   assert float(metrics["mse"]) > 0
   # Encoder weights are `Frozen` variables: not in the parameters the optimizer saw.
   assert not any("encoder" in str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0])
+
+
+@pytest.mark.parametrize("p_u", [0.0, 0.2])
+def test_dynamic_weighting_is_the_released_codes(p_u):
+  """CCDD `loss.py::get_weights` with `loss_weighting: dynamic`, written out: 2 on [MASK], 1
+  on another token, B / V exp(gamma/2 sigmoid(-t)) on x itself, clipped to [0, 2]; it trains
+  the token channel while the reported nelbo stays the bound."""
+  process, x, t, scored, z, logits = _inputs(p_u=p_u)
+  b = 2.0**process.gamma * p_u / (1 - p_u)
+  t_ = np.asarray(t, np.float64)
+  want = np.where(np.asarray(z) == np.asarray(x),
+                  b / V * np.exp(process.gamma / 2 / (1 + np.exp(t_))),
+                  np.where(np.asarray(z) == MASK, 2.0, 1.0)).clip(0, 2)
+  np.testing.assert_allclose(np.asarray(process.dynamic_weight(x, z, t)), want, rtol=1e-6)
+  model = _tiny_model(p_u=p_u, loss_weighting="dynamic")
+  batch = {"tokens": x[:, :10], "segment_ids": jnp.ones_like(x[:, :10]),
+           "positions": jnp.broadcast_to(jnp.arange(10), x[:, :10].shape),
+           "given": jnp.zeros(x[:, :10].shape, bool)}
+  noisy = model.corrupt(batch, jax.random.PRNGKey(1))
+  trained, metrics = model.loss(noisy, rng=jax.random.PRNGKey(2))
+  elbo_model = _tiny_model(p_u=p_u)
+  bound, elbo_metrics = elbo_model.loss(noisy, rng=jax.random.PRNGKey(2))
+  assert float(metrics["nelbo"]) == pytest.approx(float(elbo_metrics["nelbo"]), rel=1e-6)
+  assert float(trained) != pytest.approx(float(bound), rel=1e-3)
 
 
 def test_latents_slice_then_standardise_as_the_released_code_or_the_other_way():
@@ -278,8 +305,9 @@ def test_gidd_nelbo_gradient_is_finite_at_times_zero_and_one(p_u):
   assert np.abs(np.asarray(grad)[:, 4:]).max() > 0
 
 
-def test_ccdd_gradient_is_finite_with_given_tokens():
-  model = _tiny_model(p_drop_z=0.0)
+@pytest.mark.parametrize("weighting, p_u", [("elbo", 0.0), ("dynamic", 0.2)])
+def test_ccdd_gradient_is_finite_with_given_tokens(weighting, p_u):
+  model = _tiny_model(p_drop_z=0.0, p_u=p_u, loss_weighting=weighting)
   x = jnp.tile(jnp.arange(10) % (V - 1), (4, 1))
   batch = {"tokens": x, "segment_ids": jnp.ones_like(x), "positions": jnp.broadcast_to(
       jnp.arange(10), x.shape), "given": jnp.zeros(x.shape, bool).at[:, :3].set(True)}

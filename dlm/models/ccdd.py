@@ -21,9 +21,11 @@ CCDD `loss.py`). The reported `nelbo` is the token term only: a bound on -log p(
 not on -log p(x), since z0 is a function of the clean tokens (see README).
 
 Where the defaults depart from the released code: it trains the token channel on its
-`dynamic` weighting (2 on masked tokens, 1 on uniform-noised ones, clipped to [0, 2]) and only
-logs the NELBO, where we train on the NELBO itself (not an option: the weight it gives clean
-tokens, `x_scale`, is not in our notes of its code); it slices the encoder's states to
+`dynamic` weighting (2 on masked tokens, 1 on uniform-noised ones, B/V exp(gamma/2 sigmoid(-t))
+on clean ones, clipped to [0, 2]; `loss.py::get_weights`) and only logs the NELBO, where we
+train on the NELBO itself by default (`loss_weighting='dynamic'` is the released weighting,
+`GiddProcess.dynamic_weight`; its loss also clips the importance term at 10, which we do not);
+it slices the encoder's states to
 `latent_dim` channels and then standardises them (`reduce='slice_first'`), where the default
 standardises the full width and then slices; rows whose z is dropped get no z loss there
 (`z_loss_when_dropped=False`), and do by default; and the paper's encoder is the causal
@@ -56,6 +58,7 @@ from dlm.processes import gidd
 from dlm.processes.gidd import GiddProcess
 
 REDUCTIONS = ("slice", "slice_first", "pca")
+WEIGHTINGS = ("elbo", "dynamic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +86,9 @@ class CCDDConfig:
   # whether rows whose z_t is dropped (p_drop_z) still train the z0 prediction (the released
   # code: no, False)
   z_loss_when_dropped: bool = True
+  # what trains the token channel: 'elbo' (the GIDD NELBO) or 'dynamic' (the released code's
+  # weighting, GiddProcess.dynamic_weight); the reported nelbo is the bound either way
+  loss_weighting: str = "elbo"
   # evaluation only: z_t zeroed, so the bound is the token channel's without what z reveals of
   # the clean sequence (bench/ccdd_leakage.py sets it to measure that)
   eval_without_z: bool = False
@@ -90,6 +96,9 @@ class CCDDConfig:
   def __post_init__(self):
     if self.reduce not in REDUCTIONS:
       raise DlmError(f"unknown ccdd.reduce {self.reduce!r}; expected one of {REDUCTIONS}")
+    if self.loss_weighting not in WEIGHTINGS:
+      raise DlmError(f"unknown ccdd.loss_weighting {self.loss_weighting!r}; expected one of "
+                     f"{WEIGHTINGS}")
     if not isinstance(self.latent_dim, int) or self.latent_dim <= 0:
       raise DlmError(f"ccdd.latent_dim must be a positive integer, got {self.latent_dim!r}")
     gidd.check_parameters(self.p_uniform, self.gamma)
@@ -224,14 +233,19 @@ class CCDD(nnx.Module):
       z_t = jnp.zeros_like(z_t)
     logits, z_pred = self.denoise(z, z_t, t, noisy["t_z"], noisy["segment_ids"],
                                   noisy["positions"], rng=rng if train else None)
-    nelbo = self.process.nelbo(logits, x, z, t, scored)
+    divergence = self.process.divergence(logits, x, z, t)
+    nelbo = self.process.nelbo(logits, x, z, t, scored, divergence)
+    if train and self.options.loss_weighting == "dynamic":
+      tokens = jnp.where(scored, self.process.dynamic_weight(x, z, t) * divergence, 0.0).sum()
+    else:
+      tokens = nelbo.sum()
     real = noisy["segment_ids"] > 0
     if train and not self.options.z_loss_when_dropped:
       real = real & ~noisy["drop_z"][:, None]
     weight = jnp.minimum(1.0 / jnp.maximum(1.0 - noisy["t_z"], 1e-6),
                          self.options.z_weight_max)
     mse = jnp.where(real, gaussian.x0_mse(z_pred, noisy["z0"], weight, mean_over_dim=True), 0.0)
-    total = nelbo.sum() + self.options.z_weight * mse.sum()
+    total = tokens + self.options.z_weight * mse.sum()
     return total, {"nelbo": nelbo.sum(), "mse": mse.sum(), "tokens": scored.sum(),
                    "masked": ((z == self.process.mask_id) & scored).sum()}
 

@@ -19,6 +19,13 @@ estimates everywhere).
 
 Loss (summed, unweighted as in the official script): L_z = mean_d (x0_hat - e(x))^2, the anchor
 cross-entropy of x0_hat @ E^T (label smoothing 0.1), and L_tau = (tau_hat - tau*)^2 / tau_max^2.
+
+Departures from the official code (besides the self-conditioning above): the anchor logits
+read the table the diffusion runs in, E = sqrt(d) Emb, where the official code multiplies by
+the unscaled Emb (`x0 . Emb`), so ours are sqrt(d) times sharper (the argmax, which decoding
+reads, is the same; the cross-entropy's gradient is not); and its length predictor (loss
+weight 0.1), length beam of 9 with BLEU-MBR reranking and averaging of the best checkpoints
+are not implemented (README, NeoDiff).
 """
 
 from __future__ import annotations

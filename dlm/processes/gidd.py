@@ -133,9 +133,33 @@ class GiddProcess:
     w_u = jnp.where(bp_u > 0, num_u / jnp.maximum(bp_u, tiny), 0.0)
     return tuple(jnp.where(edge, 0.0, w) for w in (w_x, w_m, w_u))
 
-  def nelbo(self, logits, x, z, t, scored) -> jax.Array:
-    """Per-token NELBO in nats (batch, length); zero where not scored."""
-    chex.assert_equal_shape((x, z, t, scored))
+  def nelbo(self, logits, x, z, t, scored, divergence=None) -> jax.Array:
+    """Per-token NELBO in nats (batch, length); zero where not scored (`divergence`: this
+    batch's `divergence(...)`, if already computed)."""
+    if divergence is None:
+      divergence = self.divergence(logits, x, z, t)
+    chex.assert_equal_shape((x, z, t, scored, divergence))
+    w_x, w_m, w_u = self._weights(t)
+    w = jnp.where(z == x, w_x, jnp.where(z == self.mask_id, w_m, w_u))
+    # Masked before it multiplies: the divergence's gradient at unselected positions is then
+    # multiplied by 0, never by an inf or NaN weight (the "double where").
+    w = jnp.where(scored, w, 0.0)
+    recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
+    return jnp.where(scored, w * divergence + recon, 0.0)
+
+  def dynamic_weight(self, x, z, t) -> jax.Array:
+    """The released CCDD code's `dynamic` loss weight (CCDD `ccdd/loss.py`, `get_weights` with
+    `loss_weighting: dynamic`, clipped to its configs' [min_loss_weight, max_loss_weight] =
+    [0, 2]): 2 on a [MASK], 1 on another token, and on a token equal to x
+    B / V exp(gamma / 2 sigmoid(-t)) (0 when p_u = 0), in place of the ELBO's weights."""
+    x_scale = self.b / self.vocab_size * jnp.exp(self.gamma / 2.0 * jax.nn.sigmoid(-t))
+    w = jnp.where(z == x, x_scale, jnp.where(z == self.mask_id, 2.0, 1.0))
+    return jnp.clip(w, 0.0, 2.0)
+
+  def divergence(self, logits, x, z, t) -> jax.Array:
+    """Each token's KL(q_t(.|x) || q_t(.|x_hat)) plus the importance term at z_t (GIDD
+    `loss.py`'s `kl_loss + is_loss`), before any weight: (batch, length)."""
+    chex.assert_equal_shape((x, z, t))
     x_hat = jax.nn.softmax(zero_masking(logits, self.mask_id), axis=-1)
     log_p = jnp.log(jnp.maximum(self.marginal(x_hat, t), 1e-30))
     log_q = jnp.log(jnp.maximum(self.marginal(jax.nn.one_hot(x, self.vocab_size), t), 1e-30))
@@ -143,14 +167,7 @@ class GiddProcess:
     kl = jnp.sum(jnp.where(q > 0, q * (log_q - log_p), 0.0), axis=-1)
     log_r = (jnp.take_along_axis(log_q, z[..., None], -1) -
              jnp.take_along_axis(log_p, z[..., None], -1))[..., 0]
-    is_div = jnp.expm1(log_r) - log_r
-    w_x, w_m, w_u = self._weights(t)
-    w = jnp.where(z == x, w_x, jnp.where(z == self.mask_id, w_m, w_u))
-    # Masked before it multiplies: the divergence's gradient at unselected positions is then
-    # multiplied by 0, never by an inf or NaN weight (the "double where").
-    w = jnp.where(scored, w, 0.0)
-    recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
-    return jnp.where(scored, w * (kl + is_div) + recon, 0.0)
+    return kl + jnp.expm1(log_r) - log_r
 
   def posterior(self, x_hat, z_t, t, s) -> jax.Array:
     """q(z_s | z_t, x_hat) over the vocabulary (batch, length, V), for s < t (module doc)."""
