@@ -323,12 +323,17 @@ def test_a_streamed_dataset_trains_and_resumes_with_the_same_losses(tmp_path):
               "--config.data.tokenizer.vocab_size=300"]
   data = tmp_path / "data"
   whole, parts = tmp_path / "whole", tmp_path / "parts"
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
+  inspect = ["-m", "dlm.data", "--config=configs/quickstart.py", f"--config.data.data_dir={data}",
+             *streamed]
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
     procs = list(pool.map(_run, [_train_args(whole, data, *streamed, steps=6),
-                                 _train_args(parts, data, *streamed, steps=3)]))
+                                 _train_args(parts, data, *streamed, steps=3), inspect]))
   for proc in procs:
     assert proc.returncode == 0, proc.stderr[-3000:]
   assert not (data / "hf_dataset").exists()  # nothing prepared
+  info = json.loads(procs[2].stdout)  # python -m dlm.data counts a streamed split's head
+  assert "streamed" in info and info["splits"]["train"]["documents"] == 400
+  assert info["splits"]["validation"]["documents"] == 40
   proc = _run(_train_args(parts, data, *streamed, steps=6))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "data order continues at batch 3" in proc.stderr
