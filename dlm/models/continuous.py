@@ -10,6 +10,12 @@ x_0). Self-conditioning feeds the previous x_0 estimate back (probability 0.5 in
 given positions that input is the clean embedding e(x) in training as in sampling (the samplers
 hold given positions at e(x); a departure: self-conditioning as published feeds the network's
 own estimate everywhere).
+
+Not implemented from the papers (so this is a CDCD/Plaid-style baseline, not either): CDCD's
+time warping (an adaptive time distribution fitted to the loss, §3.3) and its VE noise range
+(sigma from 1 to 300 with the embedding's scale); Plaid's likelihood training (its VLB with
+learned noise schedule and embedding losses, and its likelihood evaluation). The process is
+the VP schedule of `dlm.processes.gaussian`.
 """
 
 from __future__ import annotations
