@@ -232,6 +232,22 @@ def test_processes_sharing_a_data_dir_prepare_it_once(quickstart, tmp_path):
   assert len(counts) == 1 and counts.pop() > 300
 
 
+def test_a_builder_made_while_another_process_prepared_is_not_returned(quickstart, tmp_path,
+                                                                       monkeypatch):
+  """The race behind a flaky two-process run: a builder made before the other process
+  finished preparing has no split metadata; `prepare` must not hand it out."""
+  for i in range(30):
+    (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n")
+  cfg = _config(quickstart, **{"data.dataset": f"text:{tmp_path}/*.txt",
+                               "data.data_dir": str(tmp_path / "tfds")}).data
+  stale = sources.builder(cfg)
+  sources.prepare(cfg)  # the other process
+  made = iter([stale])
+  real = sources.builder
+  monkeypatch.setattr(sources, "builder", lambda c: next(made, None) or real(c))
+  assert "train" in sources.prepare(cfg).info.splits
+
+
 def test_jsonl_text_and_instruction_pairs(quickstart, tmp_path):
   rows = [{"prompt": f"p{i}", "response": f"r{i}", "id": i} for i in range(10)]
   (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")

@@ -93,10 +93,13 @@ def prepare(cfg) -> tfds.core.DatasetBuilder:
       _prepare_locked(b)
     multihost_utils.sync_global_devices(f"dlm-prepare-{b.info.full_name}")
   elif b.is_prepared():
-    return b
+    if b.info.splits:  # made after the preparation: it read the prepared metadata
+      return b
   else:
     _prepare_locked(b)
-  return builder(cfg)  # a fresh builder reads the prepared files' metadata, whoever wrote them
+  # A fresh builder reads the prepared files' metadata, whoever wrote them: one made while
+  # another process was still preparing (it has finished since) has none.
+  return builder(cfg)
 
 
 def file_lock(path: str):
