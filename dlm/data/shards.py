@@ -24,6 +24,7 @@ workers costs seconds), else one per CPU, at most one per piece.
 
 from __future__ import annotations
 
+import abc
 import os
 import pickle
 import subprocess
@@ -55,14 +56,17 @@ class ShardedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   workers: int = 0  # 0 = automatic; set by `sources.builder` from data.prepare_workers
 
+  @abc.abstractmethod
   def _pieces(self) -> list[Any]:
-    raise NotImplementedError
+    """The source's pieces: small picklable descriptions, each one worker's unit of work."""
 
+  @abc.abstractmethod
   def _piece_examples(self, piece) -> Iterator[tuple[str, dict]]:
-    raise NotImplementedError
+    """(split, features) of every example of one piece."""
 
+  @abc.abstractmethod
   def _source_bytes(self) -> int:
-    raise NotImplementedError
+    """About how large the source is (chooses one process or several)."""
 
   def _piece_bytes(self, piece) -> int:
     """About how much a piece holds (to share pieces evenly); equal by default."""
