@@ -448,6 +448,9 @@ def test_preparation_in_parallel_pieces_gives_the_documents_of_one_process(
                                for i in range(len(docs)))
       got[workers] = splits
     assert got[1] == got[2], dataset
+    generic = b._split_generators(None)  # pylint: disable=protected-access  (TFDS's own path)
+    assert {split: sorted((e.get("path", ""), e["text"]) for _, e in gen)
+            for split, gen in generic.items()} == got[1], dataset
     if want is not None:
       assert dict(got[1]["train"] + got[1]["validation"]) == want, dataset
     else:

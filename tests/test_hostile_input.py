@@ -117,6 +117,10 @@ def test_bad_configs_are_refused_before_any_work(tmp_path):
        "data.streaming reads hf: sources only, not 'tfds:python_stdlib/docs'"),
       (quick + ["--config.data.shuffle_window=0"],
        "data.shuffle_window must be a positive integer, got 0"),
+      (quick + ["--config.data.prepare_workers=-1"],
+       "data.prepare_workers must be a non-negative integer, got -1"),
+      (["--config=configs/ccdd.py:ccdd", f"--workdir={work}",
+        "--config.ccdd.loss_weighting=snr"], "unknown ccdd.loss_weighting 'snr'"),
       (quick + ["--config.data.dataset=hf:owner/name", "--config.data.streaming=True"],
        "data.streaming with a BPE trained on the data needs data.tokenizer.train_documents"),
   ]

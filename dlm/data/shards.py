@@ -76,11 +76,18 @@ class ShardedBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _check_prepared(self, counts: dict[str, int]) -> None:
     """Raises if the examples written per split are not acceptable (called before naming)."""
 
-  def _split_generators(self, dl_manager):  # unused: _generate_splits writes the shards
-    raise NotImplementedError
+  def _split_generators(self, dl_manager):
+    """TFDS's generic one-process path over the same pieces (`_generate_splits` above replaces
+    it in preparation; kept exact, and tested equal, for TFDS tools that call it)."""
+    del dl_manager
+    splits = {split for piece in self._pieces() for split, _ in self._piece_examples(piece)}
+    return {split: self._generate_examples(split=split) for split in sorted(splits)}
 
-  def _generate_examples(self, **kwargs):  # unused: _generate_splits writes the shards
-    raise NotImplementedError
+  def _generate_examples(self, split: str):
+    for i, piece in enumerate(self._pieces()):
+      for j, (s, example) in enumerate(self._piece_examples(piece)):
+        if s == split:
+          yield f"{i}:{j}", example
 
   def worker_count(self, pieces: int) -> int:
     if self.workers:
