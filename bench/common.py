@@ -1,8 +1,21 @@
-"""What the benchmark scripts share: the synthetic model's flags and batches, and printing a
-result table (also into `--out`)."""
+"""What the benchmark scripts share: the settings train.py starts with, the synthetic model's
+flags and batches, and printing a result table (also into `--out`)."""
+
+import os
+import sys
 
 import numpy as np
 from absl import flags
+
+
+def start_as_train_py() -> None:
+  """Runs the script again, once, with the allocator setting train.py and sample.py start
+  with (their first lines: `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` unless set), so a bench
+  without environment variables measures what a user's run gets. Call it before importing
+  JAX."""
+  if sys.platform == "linux" and "GLIBC_TUNABLES" not in os.environ:
+    os.environ["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 class Vocab:

@@ -45,7 +45,7 @@ def main(argv):
     tmp = pathlib.Path(tmp)
     _write_line(tmp / "train.txt", FLAGS.line_mb * 10**6)
     (tmp / "validation.txt").write_text("a short validation document with a few words\n")
-    args = [sys.executable, "train.py", "--config=configs/quickstart.py",
+    args = [sys.executable, "train.py", "--config=configs/quickstart.py:bpe",
             f"--workdir={tmp / 'work'}", f"--config.data.dataset=text:{tmp}/{{split}}.txt",
             f"--config.data.data_dir={tmp / 'tfds'}", f"--config.train.steps={FLAGS.steps}",
             f"--config.train.eval_every={FLAGS.steps}",

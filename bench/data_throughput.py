@@ -1,6 +1,6 @@
 """Input-pipeline throughput on the quickstart data: tokenize + pack + batch (+ device put).
 
-  python bench/data_throughput.py [--config=configs/quickstart.py] [--seconds=20]
+  python bench/data_throughput.py [--config=configs/quickstart.py:bpe] [--seconds=20]
   python bench/data_throughput.py --prepare_mb=500 [--prepare_workers=1,2]
 
 Prints one JSON line. With `--prepare_mb=N` it instead writes a synthetic corpus of N MB (random
@@ -127,5 +127,5 @@ def main(argv):
 
 if __name__ == "__main__":
   cli.define_config_flag()
-  flags.FLAGS.set_default("config", "configs/quickstart.py")
+  flags.FLAGS.set_default("config", "configs/quickstart.py:bpe")
   app.run(main, flags_parser=cli.parse_flags)

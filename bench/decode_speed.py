@@ -18,7 +18,7 @@ One JSON line per setting:
   would be fixed-step decoding: it is measured on the trained model only), and the agreement
   column says how far the cache's stale keys change a random model's choices, not a trained
   one's.
-* `quickstart`: a dlm-trained masked model (`--workdir`; trained with configs/quickstart.py if
+* `quickstart`: a dlm-trained masked model (`--workdir`; trained with configs/quickstart.py:bpe if
   missing) continuing `--num_samples` validation prompts of `--quick_prompt` tokens for the
   rest of its 128-token training length, temperature 1; quality: generative perplexity under
   the autoregressive judge (`--judge_workdir`, trained with the same config if missing) over
@@ -46,6 +46,8 @@ import convert as convert_bench  # noqa: E402  bench/convert.py: LLaDA-shaped HF
 flags.DEFINE_string("parts", "llada,quickstart", "Which models to measure.")
 flags.DEFINE_integer("llada_layers", 2, "Layers of the LLaDA-shaped model.")
 flags.DEFINE_integer("llada_width", 1024, "Width of the LLaDA-shaped model (heads of 128).")
+flags.DEFINE_string("llada_dtype", "float32", "Storage and compute dtype of the LLaDA-shaped "
+                    "model (float32 on CPU; bfloat16 on an accelerator).")
 flags.DEFINE_integer("prompt_length", 64, "Prompt tokens (llada).")
 flags.DEFINE_integer("gen_length", 256, "Generated tokens (llada).")
 flags.DEFINE_integer("block", 32, "Block length.")
@@ -116,7 +118,7 @@ def llada_part() -> None:
   try:
     convert_bench.SHAPE.update(shape)
     convert_bench.write_llada(f"{root}/hf", FLAGS.llada_layers)
-    convert_bench.convert(f"{root}/hf", f"{root}/workdir", dtype="float32")  # CPU: float32
+    convert_bench.convert(f"{root}/hf", f"{root}/workdir", dtype=FLAGS.llada_dtype)
     run = dlm.load(f"{root}/workdir")
   finally:
     shutil.rmtree(root, ignore_errors=True)
@@ -174,7 +176,7 @@ def quickstart_part() -> None:
   for workdir, overrides in ((FLAGS.workdir, {}),
                              (FLAGS.judge_workdir, {"model.family": "autoregressive"})):
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-      loop.train(config_lib.from_file(os.path.join(ROOT, "configs/quickstart.py"),
+      loop.train(config_lib.from_file(os.path.join(ROOT, "configs/quickstart.py:bpe"),
                                       **{"train.progress": False, **overrides}), workdir)
   run = dlm.load(FLAGS.workdir)
   judge = dlm.load(FLAGS.judge_workdir, params="params")

@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def ensure_trained(workdir: str, **overrides) -> None:
   if os.path.isdir(os.path.join(workdir, "checkpoints")):
     return
-  config = config_lib.from_file(os.path.join(ROOT, "configs/quickstart.py"),
+  config = config_lib.from_file(os.path.join(ROOT, "configs/quickstart.py:bpe"),
                                 **{"train.progress": False, "data.data_dir": FLAGS.data_dir,
                                    **overrides})
   loop.train(config, workdir)

@@ -37,7 +37,7 @@ FLAGS = flags.FLAGS
 
 def brief_model(workdir: str) -> None:
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  config = config_lib.from_file(os.path.join(root, "configs/quickstart.py"), **{
+  config = config_lib.from_file(os.path.join(root, "configs/quickstart.py:bpe"), **{
       "data.seq_len": FLAGS.length, "diffusion.schedule": "cosine",
       "train.steps": FLAGS.train_steps, "train.eval_every": FLAGS.train_steps,
       "train.checkpoint_every": FLAGS.train_steps, "train.eval_batches": 1,

@@ -5,7 +5,7 @@
 
 1. Trains (unless already trained in --root) the four families on `configs/summarize.py`
    (stdlib function source -> first docstring sentence), and masked, autoregressive,
-   continuous and NeoDiff models on the quickstart corpus (`configs/quickstart.py`,
+   continuous and NeoDiff models on the quickstart corpus (`configs/quickstart.py:bpe`,
    `configs/continuous.py`, `configs/neodiff.py`), each group for the same number of steps.
 2. Optimises NeoDiff's extrinsic schedule at 10 and 20 steps by Bayesian optimisation on the
    first `--bo_pairs` validation pairs (`dlm.neodiff_schedule`).
@@ -127,7 +127,8 @@ def main(argv):
   lines = bleu_rows(workdirs)
   print("\n".join(lines), flush=True)
   docs_steps = FLAGS.docs_steps or FLAGS.train_steps
-  for f, path in (("masked", "configs/quickstart.py"), ("autoregressive", "configs/quickstart.py"),
+  quickstart = "configs/quickstart.py:bpe"
+  for f, path in (("masked", quickstart), ("autoregressive", quickstart),
                   ("continuous", "configs/continuous.py"), ("neodiff", "configs/neodiff.py")):
     workdirs[f"{f}_docs"] = os.path.join(FLAGS.root, f"{f}_docs")
     ensure_trained(workdirs[f"{f}_docs"], path,

@@ -3,6 +3,13 @@
   python bench/train_throughput.py [--steps=8] [--width=256 --depth=6 --heads=4 --seq_len=256
                                     --batch_size=32 --vocab=8192 --dtype=float32]
   python bench/train_throughput.py --sweep=6x256@256,6x256@512,12x384@256,4x128@1024
+  python bench/train_throughput.py --compare_reference --vocab=257 --mlp_ratio=2.75
+
+`--compare_reference` times dlm's step against a plain-JAX step of the same model
+(bench/reference_step.py: md4's architecture and loss, no dlm code) in the same process,
+alternating `--rounds` rounds of `--steps` steps, and prints one JSON line with both tokens/s
+per round and the ratio of their step times (dlm / reference: below 1 is faster than the
+reference).
 
 Prints one JSON line per model (the flags' model, or each `DEPTHxWIDTH@LENGTH` of `--sweep`
 with max(1, width // 64) heads): tokens/s, model FLOPs per token (6 N + attention, as in the
@@ -18,7 +25,9 @@ the process's peak RSS, and the minor page faults per step.
 On CPU, XLA allocates the step's temporaries (3.5 GB for the reference model) afresh at every
 execution, and glibc serves an allocation that large with a new mmap: a million page faults per
 step, each page zeroed by the kernel. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` makes those
-mappings transparent huge pages (140x fewer faults here); the JSON records the setting it ran with.
+mappings transparent huge pages (140x fewer faults here). The bench starts with what train.py
+starts with: that setting unless GLIBC_TUNABLES is set, and micro-batches chosen as
+`train.grad_accum=0` chooses them unless `--grad_accum` is given; the JSON records both.
 """
 
 import json
@@ -26,18 +35,24 @@ import os
 import resource
 import time
 
-import jax
+import common  # bench/common.py
+
+if __name__ == "__main__":
+  common.start_as_train_py()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from dlm import config as config_lib
 from dlm import models, sharding
+from dlm.train import micro_batches
 from dlm.train import optimizer as optim
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
 
-import common  # bench/common.py
+import reference_step  # bench/reference_step.py
 
 flags.DEFINE_integer("steps", 8, "Timed steps (after one compile step and one warm-up step).")
 common.define_model_flags(width=256, depth=6, heads=4, seq_len=256, batch_size=32, vocab=8192)
@@ -46,13 +61,18 @@ flags.DEFINE_list("sweep", [], "Models DEPTHxWIDTH@LENGTH (heads = max(1, width 
                   "flags' batch and vocabulary); empty = the flags' one model.")
 flags.DEFINE_string("dtype", "float32", "matmul compute dtype")
 flags.DEFINE_string("remat", "none", "")
-flags.DEFINE_integer("grad_accum", 1, "Micro-batches per step (the same update).")
+flags.DEFINE_integer("grad_accum", 0, "Micro-batches per step (the same update); 0 = the "
+                     "automatic choice train.py makes (dlm/train/micro_batches.py).")
 flags.DEFINE_bool("scan_layers", False, "Time the step with scanned layers.")
 flags.DEFINE_bool("compile_both", True, "Also compile the other layer form (scanned or not) "
                   "and report both compile times.")
-flags.DEFINE_string("attention_impl", "xla", "")
+flags.DEFINE_string("attention_impl", "auto", "model.attention_impl (auto: cuDNN on a GPU "
+                    "in 16 bits where it runs).")
 flags.DEFINE_string("time_conditioning", "adaln_zero", "")
 flags.DEFINE_integer("matmul_size", 2048, "Square matmul size for the measured peak.")
+flags.DEFINE_bool("compare_reference", False, "Time the plain-JAX reference step "
+                  "(bench/reference_step.py) alternately with dlm's.")
+flags.DEFINE_integer("rounds", 3, "--compare_reference: alternating rounds.")
 flags.DEFINE_float("peak_flops", 0.0, "Rated peak FLOP/s (e.g. 989e12 for an H100 in bf16); "
                    "0 = a known accelerator's rated bf16 peak, else the measured matmul peak.")
 FLAGS = flags.FLAGS
@@ -81,13 +101,25 @@ def matmul_peak(n: int, dtype) -> tuple[float, float]:
   return best, best_cpu
 
 
+# The time conditioning's weights: the masked family runs them once per row (one time per
+# row, `layers.TimeLevels`), not once per token.
+PER_ROW = ("time_in", "time_hidden", "modulation", "final_modulation")
+
+
 def flops_per_token(params: dict, cfg) -> float:
-  """6 x (matmul parameters) + attention scores and values, forward and backward."""
-  matmul = sum(int(np.prod(x.shape)) for path, x in
-               jax.tree_util.tree_flatten_with_path(params)[0]
-               if "embed" != str(path[-1].key) and x.ndim >= 2)
+  """The work the step executes per token: 6 x (matmul parameters applied to every token) +
+  attention scores and values, forward and backward, + the conditioning's 6 x (its matmul
+  parameters) once per row, spread over the row's tokens."""
+  per_token = per_row = 0
+  for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = str(path[-1].key)
+    if name != "embed" and x.ndim >= 2:
+      if name in PER_ROW:
+        per_row += int(np.prod(x.shape))
+      else:
+        per_token += int(np.prod(x.shape))
   attention = 12 * cfg.model.depth * cfg.model.width * cfg.data.seq_len
-  return 6.0 * matmul + attention
+  return 6.0 * per_token + attention + 6.0 * per_row / cfg.data.seq_len
 
 
 def _entry(text: str) -> dict:
@@ -109,7 +141,6 @@ def _config(model: dict, scan_layers: bool):
                       time_conditioning=FLAGS.time_conditioning)
   config.data.seq_len = model["seq_len"]
   config.train.batch_size = FLAGS.batch_size
-  config.train.grad_accum = FLAGS.grad_accum
   return config_lib.validate(config)
 
 
@@ -122,14 +153,23 @@ def _setup(config, mesh):
   batch = common.synthetic_batch(np.random.default_rng(0),
                                  (FLAGS.batch_size, config.data.seq_len), FLAGS.vocab)
   batch = {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
-  step = step_lib.make_train_step(graphdef, tx, lr, config.train, shardings, batch_sharding)
-  return state, batch, step
+  return state, batch, lambda k: step_lib.make_train_step(graphdef, tx, lr, config.train,
+                                                          shardings, batch_sharding, accum=k)
 
 
-def _compile(step, state, batch):
+def _compile(make_step, state, batch):
+  """(micro-batches, the compiled step, seconds to get it): `--grad_accum`, or chosen as
+  train.py chooses (which may compile twice: both count)."""
   start = time.perf_counter()
-  compiled = step.lower(state, batch).compile()
-  return compiled, time.perf_counter() - start
+  if FLAGS.grad_accum:
+    accum, compiled = FLAGS.grad_accum, make_step(FLAGS.grad_accum).lower(state, batch).compile()
+  else:
+    device = jax.devices()[0]
+    accum, compiled, _ = micro_batches.choose(
+        lambda k: make_step(k).lower(state, batch).compile(),
+        batch["tokens"].sharding.shard_shape(batch["tokens"].shape)[0], device.platform,
+        micro_batches.device_memory(device))
+  return accum, compiled, time.perf_counter() - start
 
 
 def _memory_estimate(compiled) -> int | None:
@@ -147,14 +187,14 @@ def measure(model: dict, mesh) -> dict:
   compile_s = {}
   if FLAGS.compile_both:
     other = not FLAGS.scan_layers
-    state, batch, step = _setup(_config(model, other), mesh)
+    state, batch, make_step = _setup(_config(model, other), mesh)
     with jax.set_mesh(mesh):
-      _, compile_s["scanned" if other else "unrolled"] = _compile(step, state, batch)
-    del state, batch, step
+      _, _, compile_s["scanned" if other else "unrolled"] = _compile(make_step, state, batch)
+    del state, batch, make_step
   config = _config(model, FLAGS.scan_layers)
-  state, batch, step = _setup(config, mesh)
+  state, batch, make_step = _setup(config, mesh)
   with jax.set_mesh(mesh):
-    compiled, seconds = _compile(step, state, batch)
+    accum, compiled, seconds = _compile(make_step, state, batch)
     compile_s["scanned" if FLAGS.scan_layers else "unrolled"] = seconds
     state, m = compiled(state, batch)
     jax.block_until_ready(m)
@@ -173,7 +213,7 @@ def measure(model: dict, mesh) -> dict:
       "bench": "train_throughput", "device": jax.devices()[0].device_kind,
       "devices": jax.device_count(), **model, "batch_size": FLAGS.batch_size,
       "vocab": FLAGS.vocab, "dtype": FLAGS.dtype, "remat": FLAGS.remat,
-      "grad_accum": FLAGS.grad_accum,
+      "grad_accum": accum, "grad_accum_automatic": not FLAGS.grad_accum,
       "scan_layers": FLAGS.scan_layers, "time_conditioning": FLAGS.time_conditioning,
       "params": state_lib.count_params(state.params),
       "compile_s": round(compile_s["scanned" if FLAGS.scan_layers else "unrolled"], 2),
@@ -192,11 +232,75 @@ def measure(model: dict, mesh) -> dict:
   }
 
 
+def _timed(run, steps: int) -> float:
+  """Seconds per step of `steps` calls of `run()` (which returns something to block on)."""
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = run()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def compare_reference(model: dict, mesh) -> dict:
+  """dlm's step and the plain-JAX reference step on the same model and batch, timed in
+  alternating rounds after one compile and one warm-up step each."""
+  config = _config(model, FLAGS.scan_layers)
+  state, batch, make_step = _setup(config, mesh)
+  with jax.set_mesh(mesh):
+    accum, step, _ = _compile(make_step, state, batch)
+  tokens = jnp.asarray(batch["tokens"])
+  ref_tx = reference_step.optimizer()
+  params = reference_step.init(jax.random.PRNGKey(0), vocab=FLAGS.vocab, width=model["width"],
+                               depth=model["depth"], heads=model["heads"],
+                               hidden=int(FLAGS.mlp_ratio * model["width"]),
+                               cond=config.model.cond_width)
+  ref = {"params": params, "opt": ref_tx.init(params),
+         "ema": jax.tree.map(jnp.copy, params)}
+  ref_step = reference_step.make_step(ref_tx, heads=model["heads"], mask_id=FLAGS.vocab - 1)
+  rng = jax.random.PRNGKey(1)
+  dlm_state = {"state": state}
+
+  def run_dlm():
+    dlm_state["state"], m = step(dlm_state["state"], batch)
+    return m
+
+  def run_ref():
+    ref["params"], ref["opt"], ref["ema"], value = ref_step(ref["params"], ref["opt"],
+                                                            ref["ema"], tokens, rng)
+    return value
+
+  with jax.set_mesh(mesh):
+    for run in (run_dlm, run_ref):  # compile and warm up
+      _timed(run, 2)
+    rounds = [(_timed(run_dlm, FLAGS.steps), _timed(run_ref, FLAGS.steps))
+              for _ in range(FLAGS.rounds)]
+  n = FLAGS.batch_size * config.data.seq_len
+  dlm_s = sorted(r[0] for r in rounds)[len(rounds) // 2]
+  ref_s = sorted(r[1] for r in rounds)[len(rounds) // 2]
+  return {
+      "bench": "train_throughput_vs_reference", "device": jax.devices()[0].device_kind,
+      **model, "batch_size": FLAGS.batch_size, "vocab": FLAGS.vocab,
+      "mlp_ratio": FLAGS.mlp_ratio, "grad_accum": accum,
+      "grad_accum_automatic": not FLAGS.grad_accum,
+      "dlm_tokens_per_s": [round(n / r[0], 1) for r in rounds],
+      "reference_tokens_per_s": [round(n / r[1], 1) for r in rounds],
+      "dlm_params": state_lib.count_params(state.params),
+      "reference_params": sum(int(x.size) for x in jax.tree.leaves(params)),
+      "median_step_ratio": round(dlm_s / ref_s, 3),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+  }
+
+
 def main(argv):
   del argv
   models_ = [_entry(e) for e in FLAGS.sweep] or [
       dict(depth=FLAGS.depth, width=FLAGS.width, heads=FLAGS.heads, seq_len=FLAGS.seq_len)]
   mesh = sharding.make_mesh(config_lib.base_config().mesh.shape)
+  if FLAGS.compare_reference:
+    for m in models_:
+      print(json.dumps(compare_reference(m, mesh)))
+    return
   kind = jax.devices()[0].device_kind
   rated = FLAGS.peak_flops or (RATED_BF16.get(kind) if FLAGS.dtype == "bfloat16" else None)
   dtype = jnp.dtype(FLAGS.dtype)

@@ -55,7 +55,8 @@ class Backbone:
   dtype: str = "float32"  # matmul compute dtype (DTYPES); parameters stay float32
   remat: str = "none"  # rematerialisation policy (REMATS)
   scan_layers: bool = False  # nnx.scan over layers: one compiled layer, faster compiles
-  attention_impl: str = "xla"  # 'xla' | 'cudnn' (GPU flash attention) | 'auto'
+  attention_impl: str = "auto"  # 'xla' | 'cudnn' (GPU flash attention) | 'auto' (cuDNN on
+  # a GPU in bfloat16 / float16 where it accepts the call, else XLA)
   # Low-rank adapters W + (lora_alpha / lora_rank) A B on every block's dense weights
   # (attention qkv/out, MLP in/down); B starts at zero, so an adapted model starts equal
   # to its base. 0 = none (no adapter parameters at all: old checkpoints load). Train
@@ -222,7 +223,9 @@ def base_config() -> ConfigDict:
       b2=0.999,
       weight_decay=0.0,  # decoupled, on matrices only
       grad_clip=1.0,  # global norm; 0 = off
-      grad_accum=1,  # micro-batches per step (same update as the full batch)
+      # Micro-batches per step (the same update as the full batch); 0 = chosen from the
+      # compiled step's memory estimate and the platform (dlm/train/micro_batches.py).
+      grad_accum=0,
       # A step whose loss, gradient or update is not finite is skipped (parameters, optimizer
       # and EMA unchanged; counted as train/skipped_steps); this many in a row stop training
       # with an error, the last good state checkpointed.
@@ -346,9 +349,9 @@ def _check_data(data) -> None:
 
 def _check_train(train) -> None:
   _check_positive_ints(train, "train", ("batch_size", "steps", "log_every", "eval_every",
-                                        "checkpoint_every", "keep_checkpoints", "grad_accum",
+                                        "checkpoint_every", "keep_checkpoints",
                                         "max_nonfinite_steps"))
-  for key in ("eval_batches", "warmup_steps"):
+  for key in ("eval_batches", "warmup_steps", "grad_accum"):
     if not _is_int(train[key]) or train[key] < 0:
       raise DlmError(f"train.{key} must be a non-negative integer, got {train[key]!r}")
   if not _is_number(train.lr) or train.lr <= 0:
@@ -362,7 +365,7 @@ def _check_train(train) -> None:
   if train.lr_schedule not in ("cosine", "constant"):
     raise DlmError(f"train.lr_schedule must be 'cosine' or 'constant', got "
                    f"{train.lr_schedule!r}")
-  if train.batch_size % train.grad_accum:
+  if train.grad_accum and train.batch_size % train.grad_accum:
     raise DlmError(f"train.grad_accum={train.grad_accum} must divide train.batch_size="
                    f"{train.batch_size}")
   if train.init_which not in ("ema", "params"):

@@ -9,6 +9,9 @@
   validation text, on `dlm.features`' features: MiniLM sentence embeddings by default (not
   comparable with papers), GPT-2 Large's last-token states (as papers) from a converted
   workdir given as `--mauve_features`;
+* known words: the fraction of the samples' words (runs of letters) that occur in the training
+  split (`textmetrics.known_words`), beside the same fraction for as many validation rows: what
+  tells letter salad from words where a small judge's perplexity does not;
 * infilling accuracy: a middle span of each validation row masked and filled by the sampler;
 * pair (source -> target) models: corpus BLEU (sacrebleu) of the generated targets against the
   validation references, and the references' conditional likelihood given their sources
@@ -20,6 +23,7 @@ Every family is sampled with its own samplers (default: the family's first).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 
@@ -173,6 +177,21 @@ def generative_perplexity(judge, token_lists, batch_size: int = 32) -> dict:
   return out
 
 
+VOCABULARY_DOCUMENTS = 200_000  # training documents read for the known-word vocabulary
+
+
+def training_vocabulary(config) -> tuple[set[str], int]:
+  """(the words of the training split's first `VOCABULARY_DOCUMENTS` documents, how many
+  documents were read): the reference of `textmetrics.known_words`."""
+  known, n = set(), 0
+  for doc in itertools.islice(iter(inputs.documents(config.data, config.data.train_split)),
+                              VOCABULARY_DOCUMENTS):
+    for text in doc if config.data.source_feature else (doc,):  # pairs: both sides
+      known.update(textmetrics.words(text))
+    n += 1
+  return known, n
+
+
 def validation_rows(config, tokenizer, mesh, n: int) -> list[np.ndarray]:
   """Up to n full rows of validation tokens (no padding), in order."""
   it = inputs.eval_iterator(config, tokenizer, mesh)
@@ -234,6 +253,7 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
                                         peek.train.batch_size))
   run = api.load(workdir, params=which, mesh=mesh)
   config, tokenizer, model, step = run.config, run.tokenizer, run.model, run.step
+  trained_on = config
   result = {"workdir": workdir, "step": step, "family": config.model.family, "params": which}
   judge = None
   if judge_workdir:
@@ -286,13 +306,18 @@ def evaluate(workdir: str, *, judge_workdir: str | None = None, which: str = "em
         "mean_length": float(np.mean([len(i) for i in ids])),
         "entropy_bits": sample_entropy(ids),
     }
+    known, documents = training_vocabulary(trained_on)
+    rows = validation_rows(config, tokenizer, mesh, num_samples)
+    refs = [tokenizer.decode(sample_text.cut(r, np.zeros(len(r), bool), tokenizer),
+                             skip_special_tokens=True) for r in rows]
+    result["samples"].update(textmetrics.known_words([r["text"] for r in out], known))
+    result["samples"]["known_words_validation"] = textmetrics.known_words(refs, known)[
+        "known_words"]  # the same measure on real text of the validation split
+    result["samples"]["vocabulary_documents"] = documents
     if judge is not None:
       judged = judge_tokens(judge_run.tokenizer, [r["text"] for r in out]) if retokenize else ids
       result["samples"].update(generative_perplexity(judge, judged))
     if mauve:
-      rows = validation_rows(config, tokenizer, mesh, num_samples)
-      refs = [tokenizer.decode(sample_text.cut(r, np.zeros(len(r), bool), tokenizer),
-                               skip_special_tokens=True) for r in rows]
       result["samples"]["mauve"] = features.mauve_score(
           [r["text"] for r in out], refs, seed=seed, features=mauve_features,
           progress=progress)

@@ -49,7 +49,8 @@ def quickstart(data_dir):
   """The quickstart config pointed at the session's data directory."""
   from dlm import config as config_lib
 
-  return config_lib.from_file(str(ROOT / "configs/quickstart.py"), **{"data.data_dir": data_dir})
+  return config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
+                              **{"data.data_dir": data_dir})
 
 
 @pytest.fixture(scope="session")

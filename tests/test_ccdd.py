@@ -277,7 +277,7 @@ def test_ccdd_trains_with_the_pretrained_encoder_and_samples(ccdd_run):
 
 
 def test_ccdd_needs_the_encoders_tokenizer(quickstart, tokenizer):
-  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"), **{
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"), **{
       "data.data_dir": quickstart.data.data_dir, "model.family": "ccdd",
       "model.time_conditioning": "adaln_zero"})
   with pytest.raises(DlmError, match="encoder's own tokenizer"):

@@ -262,8 +262,8 @@ def test_bad_input_is_one_error_line_before_anything_is_written(converted, tmp_p
   jobs["chat_without_template"] = ["sample.py", f"--workdir={converted['gpt2'][1]}", "--chat",
                                    "--prompt=hi", "--num_samples=1"]
   jobs["training_a_converted_workdir"] = [
-      "train.py", "--config=configs/quickstart.py", f"--workdir={converted['llada'][1]}"]
-  jobs["bad_stop_tokens"] = ["train.py", "--config=configs/quickstart.py",
+      "train.py", "--config=configs/quickstart.py:bpe", f"--workdir={converted['llada'][1]}"]
+  jobs["bad_stop_tokens"] = ["train.py", "--config=configs/quickstart.py:bpe",
                              f"--workdir={tmp_path}/w_bad_stop_tokens",
                              "--config.data.tokenizer.stop_tokens=5"]
   llada = converted["llada"][1]

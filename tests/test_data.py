@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(quickstart, **overrides):
-  cfg = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  cfg = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                              **{"data.data_dir": quickstart.data.data_dir, **overrides})
   return cfg
 
@@ -213,7 +213,7 @@ def test_processes_sharing_a_data_dir_prepare_it_once(quickstart, tmp_path):
     (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n" * 50)
   data = {"data.dataset": f"text:{tmp_path}/*.txt", "data.data_dir": str(tmp_path / "tfds")}
   code = ("import sys, json; from dlm import config; from dlm.data import sources; "
-          "c = config.from_file('configs/quickstart.py', **json.loads(sys.argv[1])); "
+          "c = config.from_file('configs/quickstart.py:bpe', **json.loads(sys.argv[1])); "
           "print(len(sources.open_split(c.data, 'train')))")
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
   # Output to files: with pipes read one process at a time, a process that fills its stderr
@@ -512,7 +512,7 @@ def test_zero_sequence_length_is_refused(quickstart):
 ])
 def test_cli_reports_bad_input_in_one_line(quickstart, flag, message):
   proc = subprocess.run(
-      [sys.executable, "-m", "dlm.data", "--config=configs/quickstart.py",
+      [sys.executable, "-m", "dlm.data", "--config=configs/quickstart.py:bpe",
        f"--config.data.data_dir={quickstart.data.data_dir}", flag],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
@@ -524,7 +524,7 @@ def test_cli_reports_bad_input_in_one_line(quickstart, flag, message):
 
 def test_inspection_command_prints_one_json_line(quickstart):
   proc = subprocess.run(
-      [sys.executable, "-m", "dlm.data", "--config=configs/quickstart.py",
+      [sys.executable, "-m", "dlm.data", "--config=configs/quickstart.py:bpe",
        f"--config.data.data_dir={quickstart.data.data_dir}"],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr

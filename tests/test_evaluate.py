@@ -26,7 +26,7 @@ TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "data.seq_len": 3
 
 
 def _train(data_dir, path, **overrides):
-  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                                 **{"data.data_dir": data_dir, **TINY, **overrides})
   loop.train(config, str(path))
   return str(path)
@@ -42,6 +42,16 @@ def runs(quickstart, tmp_path_factory):
           "ar_other_vocab": _train(d, root / "ar2", **{
               "model.family": "autoregressive",
               "data.tokenizer.path": str(encoders.default_model_dir() / "tokenizer.json")})}
+
+
+def test_known_words():
+  from dlm import textmetrics  # pylint: disable=g-import-not-at-top
+  assert textmetrics.words("The json_module 3x café, déjà-vu") == [
+      "The", "json", "module", "x", "café", "déjà", "vu"]
+  known = textmetrics.vocabulary(["the cat", "sat down"])
+  assert textmetrics.known_words(["the cat sat", "zzq Cat"], known) == {"known_words": 0.6,
+                                                                       "words": 5}
+  assert math.isnan(textmetrics.known_words(["42 !"], known)["known_words"])
 
 
 def test_sample_entropy():
@@ -60,6 +70,10 @@ def test_generation_scored_by_the_judge(runs):
   assert result["samples"]["mean_nfe"] == 8 and result["samples"]["num_samples"] == 4
   assert 0.0 <= result["infill"]["infill_accuracy"] <= 1.0
   assert result["validation"]["exact"] is False
+  # Uniform samples are subword salad; real validation text is mostly words seen in training.
+  samples = result["samples"]
+  assert samples["vocabulary_documents"] > 0 and samples["words"] > 0
+  assert samples["known_words"] < 0.7 < samples["known_words_validation"], samples
   ar = evaluate.evaluate(runs["ar"], which="params", eval_batches=1)
   assert ar["validation"]["exact"] is True
   assert ar["validation"]["bits_per_token"] == pytest.approx(math.log2(vocab), rel=1e-4)

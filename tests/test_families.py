@@ -101,6 +101,11 @@ def test_given_tokens_are_clean_and_unscored(family, tokenizer):
   noisy = model.corrupt(batch, jax.random.PRNGKey(1))
   t = noisy["t"] if "t" in noisy else noisy["tau"]
   assert (np.asarray(t)[np.asarray(canvas.given)] == 0).all()
+  if hasattr(model, "time_levels"):  # the network's per-value times are the same times
+    np.testing.assert_array_equal(model.time_levels(noisy).per_token(), t)
+    unprompted = {k: v for k, v in noisy.items() if k != "given"}
+    np.testing.assert_array_equal(model.time_levels(unprompted).per_token(),
+                                  jnp.broadcast_to(noisy["row_t"][:, None], t.shape))
   _, metrics = model.loss(noisy, rng=jax.random.PRNGKey(2), train=False)
   assert int(metrics["tokens"]) == int((~canvas.given).sum())
 

@@ -42,7 +42,7 @@ def _run(args, timeout=600, **kw):
 def _train_args(workdir, data_dir, *extra, steps=STEPS, checkpoint_every=1):
   settings = {**TINY, "train.steps": steps, "train.eval_every": steps,
               "train.checkpoint_every": checkpoint_every}
-  return ["train.py", "--config=configs/quickstart.py", f"--workdir={workdir}",
+  return ["train.py", "--config=configs/quickstart.py:bpe", f"--workdir={workdir}",
           f"--config.data.data_dir={data_dir}",
           *[f"--config.{k}={v}" for k, v in settings.items()], *extra]
 
@@ -83,7 +83,7 @@ def test_bad_configs_are_refused_before_any_work(tmp_path):
   for name, text in CONFIG_FILES.items():
     (tmp_path / name).write_text(text)
   work = tmp_path / "work"
-  quick = ["--config=configs/quickstart.py", f"--workdir={work}"]
+  quick = ["--config=configs/quickstart.py:bpe", f"--workdir={work}"]
   cases = [
       (quick + ["--config.mesh.shape=foo"], "mesh.shape must be three integers"),
       (quick + ["--config.mesh.shape=(1,x)"], "mesh.shape must be three integers"),
@@ -110,7 +110,7 @@ def test_bad_configs_are_refused_before_any_work(tmp_path):
       ([f"--config={tmp_path / 'variant.py'}:zzz", f"--workdir={work}"],
        "get_config('zzz') failed: ValueError: unknown variant 'zzz': choose a or b"),
       ([f"--config={tmp_path / 'missing.py'}", f"--workdir={work}"], "does not exist"),
-      (["--config=configs/quickstart.py", "--workdir=gs://bucket/run"], "is not a local path"),
+      (["--config=configs/quickstart.py:bpe", "--workdir=gs://bucket/run"], "is not a local path"),
       (quick + [f"--config.data.tokenizer.path={tmp_path}"],
        "is a directory without a tokenizer.json"),
       (quick + ["--config.data.streaming=True", "--config.data.tokenizer.train_documents=9"],
@@ -119,6 +119,10 @@ def test_bad_configs_are_refused_before_any_work(tmp_path):
        "data.shuffle_window must be a positive integer, got 0"),
       (quick + ["--config.data.prepare_workers=-1"],
        "data.prepare_workers must be a non-negative integer, got -1"),
+      (quick + ["--config.train.grad_accum=-1"],
+       "train.grad_accum must be a non-negative integer, got -1"),
+      (quick + ["--config.train.grad_accum=5"],
+       "train.grad_accum=5 must divide train.batch_size=32"),
       (["--config=configs/ccdd.py:ccdd", f"--workdir={work}",
         "--config.ccdd.loss_weighting=snr"], "unknown ccdd.loss_weighting 'snr'"),
       (quick + ["--config.data.dataset=hf:owner/name", "--config.data.streaming=True"],
@@ -214,12 +218,12 @@ def test_bad_data_is_refused_before_training(data_dir, tmp_path):
   ]
   for i, (dataset, extra, message) in enumerate(cases):
     work = tmp_path / f"work{i}"
-    proc = _run(["train.py", "--config=configs/quickstart.py", f"--workdir={work}",
+    proc = _run(["train.py", "--config=configs/quickstart.py:bpe", f"--workdir={work}",
                  f"--config.data.dataset={dataset}", f"--config.data.data_dir={data}",
                  "--config.data.tokenizer.vocab_size=300", *extra])
     assert_one_error(proc, message)
     assert not (work / "checkpoints").exists() and not (work / "metrics.jsonl").exists()
-  proc = _run(["-m", "dlm.data", "--config=configs/quickstart.py",
+  proc = _run(["-m", "dlm.data", "--config=configs/quickstart.py:bpe",
                "--config.data.dataset=tfds:huggingface:no_such_dataset",
                f"--config.data.data_dir={data}"], timeout=300)
   assert_one_error(proc, "cannot open dataset 'tfds:huggingface:no_such_dataset'")
@@ -327,7 +331,8 @@ def test_a_streamed_dataset_trains_and_resumes_with_the_same_losses(tmp_path):
               "--config.data.tokenizer.vocab_size=300"]
   data = tmp_path / "data"
   whole, parts = tmp_path / "whole", tmp_path / "parts"
-  inspect = ["-m", "dlm.data", "--config=configs/quickstart.py", f"--config.data.data_dir={data}",
+  inspect = ["-m", "dlm.data", "--config=configs/quickstart.py:bpe",
+             f"--config.data.data_dir={data}",
              *streamed]
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     procs = list(pool.map(_run, [_train_args(whole, data, *streamed, steps=6),

@@ -201,7 +201,7 @@ def test_lora_retrofit_from_a_pretrained_workdir(quickstart, tmp_path):
   """A quickstart base, then the instruct `lora` run over it: the instruct data with rainbow
   padding, the base's tokenizer, adapters and the output bias trained, the rest frozen."""
   base_dir = str(tmp_path / "base")
-  loop.train(config_lib.from_file(str(ROOT / "configs/quickstart.py"), **{
+  loop.train(config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"), **{
       "data.data_dir": quickstart.data.data_dir, "data.seq_len": 32, **TINY}), base_dir)
   tuned_dir = str(tmp_path / "lora")
   config = config_lib.from_file(str(ROOT / "configs/instruct.py:lora"), **{

@@ -33,7 +33,7 @@ def workdirs(quickstart, tokenizer, tmp_path_factory):
   out = {}
   for family in ("masked", "autoregressive"):
     path = str(tmp_path_factory.mktemp(family))
-    config = config_lib.from_file(str(ROOT / "configs/quickstart.py"), **{
+    config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"), **{
         "data.data_dir": quickstart.data.data_dir, **TINY, "model.family": family})
     model = models.build(config, tokenizer, nnx.Rngs(0))
     ckpts = checkpoint.Checkpoints(path, keep=1, async_save=False)

@@ -47,11 +47,11 @@ def _exact_conditionals(seqs, p):
 
 def _mc_nelbo(process, log_p_fn, seqs, p, n=1_000_000, seed=0):
   rng = jax.random.PRNGKey(seed)
-  k_x, k_t, k_z = jax.random.split(rng, 3)
+  k_x, k_z = jax.random.split(rng)
   x = jnp.asarray(seqs)[jax.random.choice(k_x, len(seqs), (n,), p=jnp.asarray(p))]
-  t = jnp.broadcast_to(process.sample_time(k_t, n)[:, None], x.shape)
   scored = jnp.ones_like(x, bool)
-  z = process.forward_sample(k_z, x, t, scored)
+  z, row_t = process.sample(k_z, x, scored)
+  t = jnp.broadcast_to(row_t[:, None], x.shape)
   log_p_x = log_p_fn(z, x)
   per_seq = process.nelbo(log_p_x, z, t, scored).sum(axis=1)
   return float(per_seq.mean()), float(per_seq.std() / math.sqrt(n))
@@ -90,6 +90,38 @@ def test_nelbo_is_loose_for_a_wrong_denoiser_and_for_discrete_time():
     gaps.append(mean - entropy)
     assert mean > entropy - 4 * se
   assert gaps[0] > gaps[1] > gaps[2] - 0.01 and gaps[0] > 0.05  # finer steps, tighter bound
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "loglinear"])
+def test_count_masking_is_the_same_bound_with_bounded_weights(kind):
+  """Masks drawn by count (k uniform on 1..L, weight L / k): tight with exact conditionals,
+  the same expectation as the time form for a wrong denoiser (up to the time form's eps
+  terms), and a smaller variance."""
+  seqs, p = _toy()
+  entropy = float(-(p * np.log(p)).sum())
+  counted = MaskedProcess(MaskingSchedule(kind), mask_id=MASK, vocab_size=VOCAB + 1,
+                          masking="count")
+  mean, se = _mc_nelbo(counted, _exact_log_p(_exact_conditionals(seqs, p)), seqs, p)
+  assert abs(mean - entropy) < 4 * se + 1e-3, (mean, se, entropy)
+  wrong = _exact_log_p(_exact_conditionals(*joint(seed=1, concentration=0.5)))
+  timed = MaskedProcess(MaskingSchedule(kind), mask_id=MASK, vocab_size=VOCAB + 1)
+  mean_c, se_c = _mc_nelbo(counted, wrong, seqs, p, seed=1)
+  mean_t, se_t = _mc_nelbo(timed, wrong, seqs, p, seed=2)
+  assert mean_c > entropy + 0.1  # a wrong denoiser's bound is loose
+  assert abs(mean_c - mean_t) < 4 * math.hypot(se_c, se_t) + 2e-3, (mean_c, mean_t)
+  assert se_c < se_t
+  # The time it shows the network is the schedule's time of the masked fraction.
+  fractions = jnp.array([1 / 3, 2 / 3, 1.0])
+  np.testing.assert_allclose(
+      counted.schedule.masked_fraction(counted.schedule.time_of(fractions)), fractions,
+      rtol=1e-5)
+  z, row_t = counted.sample(jax.random.PRNGKey(0), jnp.zeros((6, 8), jnp.int32),
+                            jnp.arange(8)[None, :] < jnp.array([[8], [8], [5], [5], [1], [0]]))
+  counts = (z == MASK).sum(axis=1)
+  assert (z[:, 5:][2:4] != MASK).all() and int(counts[5]) == 0  # only scored tokens
+  lengths = jnp.array([8, 8, 5, 5, 1, 1])
+  np.testing.assert_allclose(counted.schedule.masked_fraction(row_t), counts / lengths,
+                             rtol=1e-5)
 
 
 def test_parameterisation():

@@ -45,7 +45,7 @@ def _env(devices: int) -> dict:
 
 def _args(workdir, data_dir, **overrides):
   config = {"data.data_dir": data_dir, **TINY, **overrides}
-  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
+  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py:bpe",
           f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in config.items()]]
 
 
@@ -117,7 +117,7 @@ def test_two_processes_fsdp_then_one_process_continues_exactly(prepared, tokeniz
           "batch 20 (example 160)") in err
 
   # The reference: one process from scratch for 40 steps, with the same two streams.
-  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                                 **{"data.data_dir": data_dir, **TINY, "train.steps": 40,
                                    "mesh.shape": (1, 8, 1), "data.streams": 2,
                                    "train.async_checkpoint": False})

@@ -85,7 +85,7 @@ def tok():
 
 
 def _config(data_dir, **overrides):
-  return config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  return config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                               **{"data.data_dir": data_dir, **overrides})
 
 

@@ -26,7 +26,7 @@ TINY = {
 
 
 def _config(quickstart, **overrides):
-  return config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  return config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                               **{"data.data_dir": quickstart.data.data_dir, **TINY, **overrides})
 
 

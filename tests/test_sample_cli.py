@@ -24,7 +24,7 @@ TINY = {"model.width": 32, "model.depth": 2, "model.heads": 2, "data.seq_len": 3
 @pytest.fixture(scope="module")
 def workdir(quickstart, tmp_path_factory):
   path = tmp_path_factory.mktemp("sample_run")
-  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                                 **{"data.data_dir": quickstart.data.data_dir, **TINY})
   loop.train(config, str(path))
   return str(path)

@@ -90,7 +90,7 @@ def toy_family():
 
 def test_a_family_from_outside_trains_checkpoints_restores_and_samples(toy_family, data_dir,
                                                                          tmp_path):
-  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"), **{
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"), **{
       "data.data_dir": data_dir, "model.family": toy_family, "toy_test.noise": 0.3,
       "model.width": 32, "model.depth": 2, "model.heads": 2, "data.seq_len": 32,
       "train.batch_size": 8, "train.steps": 3, "train.log_every": 1, "train.eval_every": 3,
@@ -104,4 +104,4 @@ def test_a_family_from_outside_trains_checkpoints_restores_and_samples(toy_famil
   texts = dlm.generate(run, "def add(a, b):", num_samples=2, steps=1)
   assert len(texts) == 2 and all(t.startswith("def add(a, b):") for t in texts)
   with pytest.raises(DlmError, match="toy_test.noise must be in"):
-    config_lib.from_file(str(ROOT / "configs/quickstart.py"), **{"toy_test.noise": 1.5})
+    config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"), **{"toy_test.noise": 1.5})

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from dlm.errors import DlmError
 from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
 from dlm.train import loop
+from dlm.train import micro_batches
 from dlm.train import optimizer as optim
 from dlm.train import state as state_lib
 from dlm.train import step as step_lib
@@ -38,7 +40,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def tiny(quickstart):
-  return config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  return config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                               **{"data.data_dir": quickstart.data.data_dir, **TINY})
 
 
@@ -140,12 +142,64 @@ def test_gradient_accumulation_gives_the_same_update(tiny, tokenizer):
   batches = _local_batches(tiny, tokenizer, 2)
   mesh = sharding.make_mesh((2, 2, 2))
   full, losses_full, _ = _run_steps(tiny, tokenizer, mesh, batches)
-  accum_cfg = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  accum_cfg = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                                    **{"data.data_dir": tiny.data.data_dir, **TINY,
                                       "train.grad_accum": 2})
   acc, losses_acc, _ = _run_steps(accum_cfg, tokenizer, mesh, batches)
   np.testing.assert_allclose(losses_full, losses_acc, rtol=1e-5)
   _assert_trees_close(full.params, acc.params)
+
+
+def test_automatic_micro_batches_give_the_same_update(tiny, tokenizer, monkeypatch):
+  """train.grad_accum=0 chooses the micro-batches from the compiled step's memory estimate;
+  with a CPU budget of one byte it splits as far as the rows allow, and the update is still
+  that of one micro-batch."""
+  assert tiny.train.grad_accum == 0  # the default
+  batches = _local_batches(tiny, tokenizer, 2)
+  mesh = sharding.make_mesh((2, 2, 2))
+  full, losses_full, _ = _run_steps(tiny, tokenizer, mesh, batches)
+  monkeypatch.setattr(micro_batches, "CPU_TEMP_BYTES", 1)
+  graphdef, state, shardings, bs, tx, lr = _setup(tiny, tokenizer, mesh)
+  step = micro_batches.AutoStep(
+      lambda k: step_lib.make_train_step(graphdef, tx, lr, tiny.train, shardings, bs, accum=k),
+      bs, verbose=False)
+  losses = []
+  with jax.set_mesh(mesh):
+    for b in batches:
+      state, m = step(state, {k: jax.device_put(v, bs) for k, v in b.items()})
+      losses.append(float(m["loss"]))
+  assert step.accum == tiny.train.batch_size // 4 > 1  # (data, fsdp) = 4 ways: a row each
+  np.testing.assert_allclose(losses_full, losses, rtol=1e-5)
+  _assert_trees_close(full.params, state.params)
+
+
+def test_micro_batch_choice_by_platform():
+  """CPU: temporaries per micro-batch under the budget; accelerators: one micro-batch while the
+  estimate fits the device, else the fewest that fit; no estimate or no size: one."""
+  class Compiled:
+    def __init__(self, temp, fixed):
+      self.sizes = dict(temp_size_in_bytes=temp, argument_size_in_bytes=fixed,
+                        output_size_in_bytes=0, alias_size_in_bytes=0)
+
+    def memory_analysis(self):
+      return types.SimpleNamespace(**self.sizes)
+
+  compiled = []
+
+  def compile_with(k):
+    compiled.append(k)
+    return Compiled(8 * 2**30 / k, 2 * 2**30)
+
+  gib = 2**30
+  for platform, memory, expected, compiles in (
+      ("gpu", 80 * gib, 1, [1]), ("gpu", 10 * gib, 2, [1, 2]), ("tpu", 4 * gib, 8, [1, 8]),
+      ("gpu", None, 1, [1]), ("cpu", None, 16, [1, 16])):
+    compiled.clear()
+    k, _, why = micro_batches.choose(compile_with, 16, platform, memory)
+    assert (k, compiled) == (expected, compiles), (platform, memory, why)
+  compiled.clear()
+  k, _, why = micro_batches.choose(lambda k: object(), 16, "cpu", None)
+  assert k == 1 and "no memory estimate" in why
 
 
 def test_step_compiles_once_and_ema_warms_up(tiny, tokenizer):
@@ -190,7 +244,7 @@ def test_checkpoint_restores_onto_other_meshes(tiny, tokenizer, tmp_path):
 
 def _train_cmd(workdir, data_dir, *extra):
   args = [f"--config.{k}={v}" for k, v in TINY.items()]
-  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
+  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py:bpe",
           f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *args,
           "--config.train.steps=8", "--config.train.log_every=1", "--config.train.eval_every=8",
           "--config.train.checkpoint_every=4", "--config.train.eval_batches=2",
@@ -253,7 +307,7 @@ def _expect_error(config, workdir, message):
 def test_bad_training_input(tiny, tmp_path):
   base = {"data.data_dir": tiny.data.data_dir, **TINY, "train.steps": 2, "train.eval_every": 2,
           "train.checkpoint_every": 2, "train.eval_batches": 1, "train.async_checkpoint": False}
-  cfg = lambda **kw: config_lib.from_file(str(ROOT / "configs/quickstart.py"),  # noqa: E731
+  cfg = lambda **kw: config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),  # noqa: E731
                                           **{**base, **kw})
   _expect_error(cfg(**{"mesh.shape": (3, 1, 1)}), tmp_path / "a",
                 r"mesh.shape=\(3, 1, 1\) needs 3 devices but 8 are available")
@@ -275,15 +329,16 @@ def test_bad_training_input(tiny, tmp_path):
 def test_cli_names_unknown_key_and_mesh_problems(tiny, tmp_path):
   for flag, message in (("--config.train.no_such_key=1", "unknown config key 'train.no_such_key'"),
                         ("--config.mesh.shape=(3,1,1)", "needs 3 devices but 1 are available")):
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py",
-                           f"--workdir={tmp_path}", f"--config.data.data_dir={tiny.data.data_dir}",
-                           flag], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"),
+                           "--config=configs/quickstart.py:bpe", f"--workdir={tmp_path}",
+                           f"--config.data.data_dir={tiny.data.data_dir}", flag],
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
 
 
 def test_autoregressive_baseline_scores_within_documents(tiny, tokenizer):
-  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                                 **{"data.data_dir": tiny.data.data_dir, **TINY,
                                    "model.family": "autoregressive", "model.head_init_std": 0.0})
   model = models.build(config, tokenizer, __import__("flax").nnx.Rngs(0))
@@ -306,7 +361,7 @@ def test_autoregressive_sampling_stops_each_row_at_its_eos(tiny, tokenizer):
   from dlm import samplers
   from dlm.samplers import text
 
-  config = config_lib.from_file(str(ROOT / "configs/quickstart.py"),
+  config = config_lib.from_file(str(ROOT / "configs/quickstart.py:bpe"),
                                 **{"data.data_dir": tiny.data.data_dir, **TINY,
                                    "model.family": "autoregressive", "model.head_init_std": 0.0})
   model = models.build(config, tokenizer, __import__("flax").nnx.Rngs(0))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from dlm.models.layers import attention_mask
+from dlm.models.layers import TimeLevels, attention_mask
 from dlm.models.transformer import Transformer, TransformerConfig
 
 CFG = TransformerConfig(vocab_size=37, width=32, depth=3, heads=4, cond_width=16)
@@ -109,6 +109,38 @@ def test_scan_and_remat_compute_the_same_function(remat):
                          *[g_loop["blocks"][i] for i in range(CFG.depth)])
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                stacked, g_scan["blocks"])
+
+
+@pytest.mark.parametrize("scan_layers,remat,time_bias", [(False, "none", False),
+                                                          (True, "full", True)])
+def test_time_levels_give_the_per_token_logits_and_gradients(scan_layers, remat, time_bias):
+  """Conditioning once per distinct time (a row's time; 0 for given tokens) computes what the
+  per-token path does: logits and every parameter's gradient, with one level and with two."""
+  x = _tokens(batch=3)
+  cfg = dataclasses.replace(CFG, scan_layers=scan_layers, remat=remat, time_bias=time_bias)
+  model = _randomize(Transformer(cfg, nnx.Rngs(0)))
+  row_t = jnp.array([0.2, 0.7, 1.0])
+  given = jnp.arange(12)[None, :] < jnp.array([[0], [3], [12]])  # none, a prompt, all given
+  one = TimeLevels(row_t[:, None], jnp.zeros(x.shape, jnp.int32))
+  two = TimeLevels(jnp.stack([row_t, jnp.zeros(3)], axis=1), given.astype(jnp.int32))
+  for levels in (one, two):
+    t = levels.per_token()
+    np.testing.assert_array_equal(t, jnp.where(given, 0.0, row_t[:, None]) if
+                                  levels is two else jnp.broadcast_to(row_t[:, None], x.shape))
+    np.testing.assert_allclose(model(x, levels), model(x, t), rtol=1e-5, atol=1e-5)
+
+    def loss(model, time):
+      return (model(x, time) ** 2).mean()
+
+    g_levels = nnx.to_pure_dict(nnx.grad(loss)(model, levels))
+    g_tokens = nnx.to_pure_dict(nnx.grad(loss)(model, t))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 g_levels, g_tokens)
+  # A per-token addition to the conditioning (CCDD's) makes it per token again, same numbers.
+  cond = jax.random.normal(jax.random.PRNGKey(4), (3, 12, cfg.cond_width))
+  np.testing.assert_allclose(model.features(x, two, cond=cond),
+                             model.features(x, two.per_token(), cond=cond), rtol=1e-5,
+                             atol=1e-5)
 
 
 def test_bfloat16_compute_keeps_float32_params():

@@ -8,7 +8,7 @@ Logical names (mapped to mesh axes by the ordered rules in `mesh.rules`):
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -102,6 +102,30 @@ def timestep_features(t: jax.Array, dim: int, max_period: float = 10_000.0,
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   angles = scale * t.astype(jnp.float32)[..., None] * freqs
   return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class TimeLevels(NamedTuple):
+  """A per-token time (batch, length) given as its few distinct values per row: `values`
+  (batch, K) and each token's `index` (batch, length) into them. The backbone then computes
+  the time conditioning (embedding MLP, adaLN modulation) once per value instead of once per
+  token: the masked family's times are a row's time and time 0 for given tokens (K <= 2).
+  Families whose times vary per token (NeoDiff, any-order) pass the plain array."""
+  values: jax.Array
+  index: jax.Array
+
+  def per_token(self) -> jax.Array:
+    """The time of every token (batch, length)."""
+    return jnp.take_along_axis(self.values, self.index, axis=1)
+
+  def spread(self, per_value: jax.Array) -> jax.Array:
+    """Vectors of each value (batch, K, d) -> each token's (batch, length, d), or (batch, 1,
+    d) when K = 1 (broadcast by its user: nothing per token is materialised). Selections, not
+    a gather: XLA fuses them into the element-wise op that reads them, and their gradient is
+    a sum over tokens, not a scatter."""
+    out = per_value[:, :1]
+    for k in range(1, per_value.shape[1]):
+      out = jnp.where((self.index == k)[..., None], per_value[:, k:k + 1], out)
+    return out
 
 
 def attention_mask(segment_ids: jax.Array, kind: str, block_size: int = 0) -> jax.Array:

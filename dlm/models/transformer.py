@@ -5,11 +5,14 @@ MDLM's DiT block (LayerNorm without bias, adaLN with biases on sigma), untied he
 bias, the rotary layout, Dream's shifted logits and bfloat16 parameter storage.
 
 Optional adaLN-zero conditioning (DiT, Peebles and Xie 2023) on a per-token time t of shape
-(batch, length); `time_conditioning="none"` drops time (MD4 shows masked models need not see
-it). Attention is `jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPU) with
-bidirectional, causal or block-causal masks kept within segments, or an explicit mask
-(the any-order family's two streams). Layers can be scanned
-(`nnx.scan`, one compiled layer) and rematerialised by policy; parameters are stored in
+(batch, length), or on its distinct values per row (`layers.TimeLevels`): the conditioning and
+every block's modulation are then computed once per value, not once per token (md4 conditions
+once per sequence; the same numbers at a fraction of the work: the per-token modulation was
+a fifth of the training step's FLOPs at width 256). `time_conditioning="none"` drops time (MD4
+shows masked models need not see it). Attention is `jax.nn.dot_product_attention` (XLA, or
+cuDNN flash attention on GPU: `attention`) with bidirectional, causal or block-causal masks
+kept within segments, or an explicit mask (the any-order family's two streams). Layers can be
+scanned (`nnx.scan`, one compiled layer) and rematerialised by policy; parameters are stored in
 `param_dtype` (float32 unless a converted model is kept in bfloat16) and matmuls run in `dtype`
 (float32 or bfloat16); norms and softmax statistics are float32.
 
@@ -38,8 +41,8 @@ from dlm import config as config_lib
 from dlm import sharding
 from dlm.errors import DlmError
 from dlm.models.family import layout
-from dlm.models.layers import (LayerNorm, RMSNorm, attention_mask, constrain, dropout, param,
-                               rotary, timestep_features)
+from dlm.models.layers import (LayerNorm, RMSNorm, TimeLevels, attention_mask, constrain,
+                               dropout, param, rotary, timestep_features)
 
 REMAT_POLICIES = dict(zip(config_lib.REMATS, (
     None,
@@ -163,6 +166,21 @@ class _Adapted(nnx.Module):
     return y if b is None else y + b[...].astype(y.dtype)
 
 
+def attention(q, k, v, mask, impl: str) -> jax.Array:
+  """`jax.nn.dot_product_attention` by `model.attention_impl`: 'xla', 'cudnn' (flash
+  attention; fails where cuDNN cannot run it), or 'auto' (the default): cuDNN on a GPU for
+  16-bit inputs where it accepts the call, else XLA. (JAX's own `implementation=None` is XLA
+  everywhere as of 0.10.) Refusals happen at trace time, so the fallback costs nothing."""
+  if impl == "auto":
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+      try:
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+      except (ValueError, NotImplementedError, RuntimeError):  # shapes or masks it refuses
+        pass
+    impl = "xla"
+  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+
+
 class Attention(_Adapted):
   """Multi-head attention; with `kv_heads < heads` grouped-query attention (Ainslie et al.
   2023): q, k and v then come from separate projections `wq`, `wkv`."""
@@ -201,8 +219,7 @@ class Attention(_Adapted):
     return q, k, v
 
   def _attend(self, q, k, v, mask):
-    impl = None if self.cfg.attention_impl == "auto" else self.cfg.attention_impl
-    o = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    o = attention(q, k, v, mask, self.cfg.attention_impl)
     return self._bias("wo", jnp.einsum("blhk,hkd->bld", o,
                                        self._weight("wo", jnp.dtype(self.cfg.dtype))))
 
@@ -304,12 +321,17 @@ class Block(nnx.Module):
 
 
 def _modulation(c, weight, bias, dtype) -> tuple[jax.Array, ...]:
-  """adaLN's shift, scale and gate vectors from the conditioning: silu(c) W (+ b), split."""
+  """adaLN's shift, scale and gate vectors from the conditioning: silu(c) W (+ b), split.
+  `c` is per token (batch, length, cond_width), or `TimeLevels` of per-value conditionings
+  (batch, K, cond_width): the vectors are then computed per value and spread to the tokens
+  (batch, length or 1, width)."""
   dt = jnp.dtype(dtype)
-  mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(c), weight[...].astype(dt))
+  per_value = c.values if isinstance(c, TimeLevels) else c
+  mod = jnp.einsum("blc,cnd->blnd", jax.nn.silu(per_value), weight[...].astype(dt))
   if bias is not None:
     mod = mod + bias[...].astype(dt)
-  return tuple(mod[:, :, i] for i in range(mod.shape[2]))
+  chunks = tuple(mod[:, :, i] for i in range(mod.shape[2]))
+  return tuple(c.spread(m) for m in chunks) if isinstance(c, TimeLevels) else chunks
 
 
 class Transformer(nnx.Module):
@@ -360,7 +382,7 @@ class Transformer(nnx.Module):
     return self.cfg.out_features or self.cfg.vocab_size
 
   def time_embedding(self, t: jax.Array) -> jax.Array:
-    """The conditioning c (batch, length, cond_width) of a per-token time t, read as
+    """The conditioning c (batch, n, cond_width) of times t (batch, n), read as
     `cfg.time_input` says: dlm's t (scaled by 1000, DiT's convention), MDLM's loglinear sigma
     (unscaled, as its `TimestepEmbedder` reads sigma), or zero (MDLM without time)."""
     cfg = self.cfg
@@ -386,10 +408,12 @@ class Transformer(nnx.Module):
 
     `tokens` are ids (batch, length), or with `token_inputs=False` input vectors
     (batch, length, width). `t` is the per-token time (batch, length) of a time-conditioned
-    backbone. `cond` (batch, length, cond_width) is added to the time embedding. `mask`: an
-    explicit boolean attention mask (batch, 1, length, length), True where query i may attend
-    to key j, used instead of `cfg.attention` and the segments (the any-order family's
-    two-stream mask); every row must allow some key."""
+    backbone, or the same as `TimeLevels` (its distinct values per row: the conditioning is
+    computed once per value; the same logits up to float rounding). `cond` (batch, length,
+    cond_width) is added to the time embedding. `mask`: an explicit boolean attention mask
+    (batch, 1, length, length), True where query i may attend to key j, used instead of
+    `cfg.attention` and the segments (the any-order family's two-stream mask); every row
+    must allow some key."""
     return self.head(self.features(tokens, t, segment_ids, positions, rng=rng, cond=cond,
                                    mask=mask))
 
@@ -411,8 +435,9 @@ class Transformer(nnx.Module):
   def trunk(self, tokens, t=None, segment_ids=None, positions=None, *, rng=None, cond=None,
             mask=None) -> tuple[jax.Array, jax.Array | None]:
     """(hidden states after the blocks and the final norm (batch, length, width), the
-    conditioning c (batch, length, cond_width), or None without time): what a family's own
-    output head reads (CCDD's representation head)."""
+    conditioning c (batch, length, cond_width), `TimeLevels` of it per value when `t` is
+    given so, or None without time): what a family's own output head reads (CCDD's
+    representation head)."""
     cfg = self.cfg
     dt = jnp.dtype(cfg.dtype)
     chex.assert_rank(tokens, 2 if cfg.token_inputs else 3)
@@ -434,8 +459,15 @@ class Transformer(nnx.Module):
     if cfg.conditioned:
       if t is None:
         raise ValueError("this backbone is time-conditioned: pass t of shape (batch, length)")
-      chex.assert_shape(t, (batch, length))
-      c = self.time_embedding(t)
+      if isinstance(t, TimeLevels):
+        chex.assert_shape(t.index, (batch, length))
+        chex.assert_rank(t.values, 2)
+        c = TimeLevels(self.time_embedding(t.values), t.index)
+        if cond is not None:  # a per-token addition: the conditioning is per token after all
+          c = jnp.broadcast_to(c.spread(c.values), (batch, length, cfg.cond_width))
+      else:
+        chex.assert_shape(t, (batch, length))
+        c = self.time_embedding(t)
       if cond is not None:
         chex.assert_shape(cond, (batch, length, cfg.cond_width))
         c = c + cond.astype(c.dtype)

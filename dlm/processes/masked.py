@@ -11,6 +11,22 @@ NELBO in nats (MD4 eq. 5, MDLM eq. 10), summed over tokens:
 plus md4's reconstruction term (1 - alpha(0)) log V per token. With exact conditionals the
 continuous-time bound is tight: its expectation is the data entropy (tested).
 
+Two ways to draw the masks (`masking`):
+  'time'   one time t per row, each scored token masked with probability 1 - alpha(t) (MDLM,
+           MD4); the NELBO above.
+  'count'  each row's number k of masked tokens uniform on 1..L (L: its scored tokens), a
+           uniformly random subset of that size, weight L / k on each masked token: the
+           estimator of LLaDA's likelihood evaluation (Nie et al. 2025, eq. 14 / App. B.6;
+           `masked_terms` in dlm/likelihood.py). It has the same expectation as the
+           continuous-time NELBO in its eps -> 0 limit, for every schedule: a mask set of size k
+           has weight int -alpha'/(1 - alpha) (1 - alpha)^k alpha^(L - k) dt = B(k, L - k + 1),
+           and the C(L, k) sets of that size sum to 1 / k. But its weight is at most L, where
+           the time form's 1/t on a row with one masked token at a small t is unbounded: the
+           time form's variance grows as log(1 / eps) (the 2-3 bit swings of the quickstart's
+           training loss). The network sees the schedule's time of the masked fraction k / L
+           (`MaskingSchedule.time_of`), as a sampler's step would show it such a canvas. No
+           reconstruction term: it is the eps -> 0 bound.
+
 Parameterisation (MDLM §3.3): zero-masking (the model never predicts [MASK]) and carry-over
 (unmasked tokens are copied).
 """
@@ -29,6 +45,9 @@ from dlm.processes.categorical import zero_masking
 from dlm.processes.schedules import MaskingSchedule
 
 
+MASKINGS = ("time", "count")
+
+
 @dataclasses.dataclass(frozen=True)
 class MaskedProcess:
   schedule: MaskingSchedule
@@ -36,6 +55,22 @@ class MaskedProcess:
   vocab_size: int
   timesteps: int = 0  # 0: continuous-time NELBO; T > 0: discrete-time NELBO with T steps
   antithetic: bool = True  # low-discrepancy times over the batch (MD4, Kingma et al. 2021)
+  masking: str = "time"  # MASKINGS: 'time' (per-token Bernoulli at t) | 'count' (see above)
+
+  def sample(self, rng: jax.Array, x, scored) -> tuple[jax.Array, jax.Array]:
+    """(z, each row's time (batch,)): the forward process on rows x (batch, length), masking
+    only `scored` tokens, by `masking`. With 'count' the time is the schedule's time of the
+    masked fraction k / L."""
+    rng_t, rng_mask = jax.random.split(rng)
+    u = self.sample_time(rng_t, x.shape[0])
+    if self.masking == "time":
+      return self.forward_sample(rng_mask, x, jnp.broadcast_to(u[:, None], x.shape), scored), u
+    lengths = scored.sum(axis=-1)
+    counts = jnp.minimum(jnp.floor(u * lengths).astype(jnp.int32) + 1, lengths)
+    draws = jnp.where(scored, jax.random.uniform(rng_mask, x.shape), jnp.inf)
+    rank = jnp.argsort(jnp.argsort(draws, axis=-1), axis=-1)
+    z = jnp.where(scored & (rank < counts[:, None]), self.mask_id, x)
+    return z, self.schedule.time_of(counts / jnp.maximum(lengths, 1))
 
   def sample_time(self, rng: jax.Array, batch_size: int) -> jax.Array:
     """One time per sequence, shape (batch,): in [0, 1), or on the grid {1/T..1}."""
@@ -51,7 +86,10 @@ class MaskedProcess:
     return jnp.where(masked & scored, self.mask_id, x)
 
   def weight(self, t) -> jax.Array:
-    """Per-token NELBO weight for masked positions (continuous or discrete time)."""
+    """Per-token NELBO weight for masked positions (continuous or discrete time; with 'count'
+    masking L / k, from the time of the fraction k / L)."""
+    if self.masking == "count":
+      return 1.0 / jnp.maximum(self.schedule.masked_fraction(t), 1e-30)
     if self.timesteps:
       s = t - 1.0 / self.timesteps
       a_t, a_s = self.schedule.alpha(t), self.schedule.alpha(s)
@@ -63,6 +101,8 @@ class MaskedProcess:
     chex.assert_equal_shape((log_p_x, z, t, scored))
     masked = z == self.mask_id
     diffusion = jnp.where(masked & scored, self.weight(t) * -log_p_x, 0.0)
+    if self.masking == "count":
+      return diffusion
     recon = (1.0 - self.schedule.alpha(jnp.zeros(()))) * math.log(self.vocab_size)
     return diffusion + jnp.where(scored, recon, 0.0)
 

@@ -46,6 +46,20 @@ class MaskingSchedule:
       return -self.power * t ** (self.power - 1.0)
     return -(1.0 - self.eps) * jnp.ones_like(t)
 
+  def masked_fraction(self, t):
+    """1 - alpha(t) without the eps clipping: the fraction of tokens masked at t."""
+    return 1.0 - self._raw(t)
+
+  def time_of(self, fraction):
+    """The inverse of `masked_fraction`: the time at which a fraction of tokens is masked."""
+    if self.kind == "linear":
+      return fraction
+    if self.kind == "cosine":
+      return 1.0 - 2.0 / math.pi * jnp.arccos(jnp.clip(fraction, 0.0, 1.0))
+    if self.kind == "polynomial":
+      return fraction ** (1.0 / self.power)
+    return fraction / (1.0 - self.eps)  # loglinear
+
   def alpha(self, t):
     """P(clean at t): decreasing from alpha(0) ~ 1 to alpha(1) ~ 0."""
     if self.kind == "loglinear":

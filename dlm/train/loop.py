@@ -29,6 +29,7 @@ from dlm.data import inputs, sources
 from dlm.errors import DlmError, one_line
 from dlm.train import batches
 from dlm.train import checkpoint as ckpt_lib
+from dlm.train import micro_batches
 from dlm.train import optimizer as optim
 from dlm.train import pretrained
 from dlm.train import restore
@@ -346,8 +347,12 @@ def _close(closers: list, failing: BaseException | None) -> None:
 def _run(config, workdir, mesh, tokenizer, graphdef, tx, lr_schedule, shardings, frozen, state,
          train_it, ckpts, writer, start) -> dict:
   training = config.train
-  step_fn = step_lib.make_train_step(graphdef, tx, lr_schedule, training, shardings,
-                                     train_it.sharding, frozen)
+  def make_step(accum=None):
+    return step_lib.make_train_step(graphdef, tx, lr_schedule, training, shardings,
+                                    train_it.sharding, frozen, accum)
+
+  step_fn = (micro_batches.AutoStep(make_step, train_it.sharding, jax.process_index() == 0)
+             if micro_batches.is_automatic(training) else make_step())
   evaluator = Evaluator(config, tokenizer, mesh,
                         step_lib.make_eval_step(graphdef, shardings.params, train_it.sharding))
   if jax.process_index() == 0:

@@ -55,10 +55,12 @@ def summarize(metrics: dict) -> dict:
 
 
 def make_train_step(graphdef, tx, lr_schedule, train_cfg, shardings: TrainState,
-                    batch_sharding: NamedSharding, frozen=None):
+                    batch_sharding: NamedSharding, frozen=None, accum: int | None = None):
   """`frozen`: a pytree of bools over the parameters; those get no gradient (their weight
-  gradients are never computed) and no update (the optimizer's `set_to_zero`)."""
-  accum = train_cfg.grad_accum
+  gradients are never computed) and no update (the optimizer's `set_to_zero`). `accum`:
+  micro-batches per step, default `train.grad_accum` (its automatic choice, 0, is made by
+  dlm/train/micro_batches.py; here 0 is one micro-batch)."""
+  accum = max(1, train_cfg.grad_accum if accum is None else accum)
   ema_decay = train_cfg.ema_decay
   replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
 
