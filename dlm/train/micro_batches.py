@@ -10,12 +10,14 @@ step's speed and memory do:
   tokens/s by micro-batches:
     md4's shape (6 x 256, length 256, batch 32, 2.1 GB of temporaries at 1):
       1: 3,036-3,091, 4: 3,413, 8: 3,408-3,523, 16: 3,131 (8 chosen);
-    the quickstart's (4 x 128, length 128, batch 32, 0.39 GB at 1):
+    the earlier quickstart's (`configs/quickstart.py:bpe`: 4 x 128, length 128, batch 32,
+    0.39 GB at 1):
       1: 10,031, 2: 11,691, 4: 11,873 (2 chosen).
   Both optima sit at 1-2k tokens per micro-batch.
 - GPU / TPU: one micro-batch while the estimate fits `DEVICE_FRACTION` of the device's
   memory, else the fewest that fit (the estimate of k micro-batches taken as the parameters'
-  and optimizer's fixed bytes plus 1/k of the temporaries, then checked by compiling).
+  and optimizer's fixed bytes plus 1/k of the temporaries; the chosen k is compiled, not
+  checked again).
 
 The choice costs one extra compile when it is not 1. It is made on the first batch (lowering
 reads only shapes and shardings), so the data position is never disturbed.
@@ -25,6 +27,8 @@ from __future__ import annotations
 
 import sys
 from typing import Callable
+
+import jax
 
 CPU_TEMP_BYTES = 384 << 20
 DEVICE_FRACTION = 0.85
@@ -84,7 +88,8 @@ class AutoStep:
   def __call__(self, state, batch):
     if self._compiled is None:
       rows = self.batch_sharding.shard_shape(batch["tokens"].shape)[0]
-      device = self.batch_sharding.mesh.devices.flat[0]
+      device = next(d for d in self.batch_sharding.mesh.devices.flat  # one of this process's
+                    if d.process_index == jax.process_index())
       self.accum, self._compiled, why = choose(
           lambda k: self.make_step(k).lower(state, batch).compile(), rows, device.platform,
           device_memory(device))
