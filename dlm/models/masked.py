@@ -86,7 +86,7 @@ class MaskedDiffusion(nnx.Module):
 
   def corrupt(self, batch, rng):
     """Forward process on a batch: one time per sequence (`row_t`, (batch,)), tokens masked
-    with prob 1 - alpha. Padding and `given` tokens (a pair's source) are never noised nor
+    as the process's `masking` draws them (with prob 1 - alpha(t), or k of them). Padding and `given` tokens (a pair's source) are never noised nor
     scored; given tokens have time 0. `t` is the per-token time (batch, length)."""
     x = batch["tokens"]
     given = given_mask(batch)

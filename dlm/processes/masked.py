@@ -22,8 +22,7 @@ Two ways to draw the masks (`masking`):
            has weight int -alpha'/(1 - alpha) (1 - alpha)^k alpha^(L - k) dt = B(k, L - k + 1),
            and the C(L, k) sets of that size sum to 1 / k. But its weight is at most L, where
            the time form's 1/t on a row with one masked token at a small t is unbounded: the
-           time form's variance grows as log(1 / eps) (the 2-3 bit swings of the quickstart's
-           training loss). The network sees the schedule's time of the masked fraction k / L
+           time form's variance grows as log(1 / eps). The network sees the schedule's time of the masked fraction k / L
            (`MaskingSchedule.time_of`), as a sampler's step would show it such a canvas. No
            reconstruction term: it is the eps -> 0 bound.
 
