@@ -164,22 +164,16 @@ def _compile(make_step, state, batch):
   if FLAGS.grad_accum:
     accum, compiled = FLAGS.grad_accum, make_step(FLAGS.grad_accum).lower(state, batch).compile()
   else:
-    device = jax.devices()[0]
-    accum, compiled, _ = micro_batches.choose(
-        lambda k: make_step(k).lower(state, batch).compile(),
-        batch["tokens"].sharding.shard_shape(batch["tokens"].shape)[0], device.platform,
-        micro_batches.device_memory(device))
+    accum, compiled, _ = micro_batches.choose_for(
+        lambda k: make_step(k).lower(state, batch).compile(), batch["tokens"].sharding,
+        batch["tokens"].shape)
   return accum, compiled, time.perf_counter() - start
 
 
 def _memory_estimate(compiled) -> int | None:
   """XLA's figure for the compiled step: arguments + outputs + temporaries - aliased."""
-  try:
-    m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-               - m.alias_size_in_bytes)
-  except (AttributeError, NotImplementedError, TypeError):
-    return None
+  sizes = micro_batches.estimate(compiled)
+  return None if sizes is None else sum(sizes)
 
 
 def measure(model: dict, mesh) -> dict:

@@ -77,6 +77,17 @@ def choose(compile_with: Callable[[int], object], rows_per_device: int, platform
   return k, (first if k == 1 else compile_with(k)), why
 
 
+def choose_for(compile_with: Callable[[int], object], batch_sharding,
+               batch_shape) -> tuple[int, object, str]:
+  """`choose` for a global batch of `batch_shape` on `batch_sharding`: the rows each device
+  holds, and the platform and memory of one of this process's devices (in a multi-process run
+  another process's device is not ours to ask)."""
+  device = next(d for d in batch_sharding.mesh.devices.flat
+                if d.process_index == jax.process_index())
+  return choose(compile_with, batch_sharding.shard_shape(batch_shape)[0], device.platform,
+                device_memory(device))
+
+
 class AutoStep:
   """A train step that chooses its micro-batches on its first call (`choose`), then runs the
   step compiled for them. `make_step(k)` is the jitted step for k micro-batches."""
@@ -87,12 +98,9 @@ class AutoStep:
 
   def __call__(self, state, batch):
     if self._compiled is None:
-      rows = self.batch_sharding.shard_shape(batch["tokens"].shape)[0]
-      device = next(d for d in self.batch_sharding.mesh.devices.flat  # one of this process's
-                    if d.process_index == jax.process_index())
-      self.accum, self._compiled, why = choose(
-          lambda k: self.make_step(k).lower(state, batch).compile(), rows, device.platform,
-          device_memory(device))
+      self.accum, self._compiled, why = choose_for(
+          lambda k: self.make_step(k).lower(state, batch).compile(), self.batch_sharding,
+          batch["tokens"].shape)
       if self.verbose:
         print(f"dlm: {self.accum} micro-batch{'es' if self.accum > 1 else ''} per step "
               f"(train.grad_accum=0: automatic; {why})", file=sys.stderr)
